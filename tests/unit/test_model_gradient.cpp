@@ -93,6 +93,61 @@ TEST_CASE("theta-gradient of the whole tiny Llama: LoRA-XS untied matches finite
   check_gradient("tiny_llama", adapters::LoraXs{}, tying::Untied{}, 2e-3);
 }
 
+TEST_CASE("a nonlinear objective of the token log-probs at temperature 0.7: its theta-gradient matches finite differences") {
+  // J(logp) = sum_t c_t logp_t + 0.5 sum_t exp(2 logp_t): the shape of a PPO ratio term (exp of
+  // log-probs) plus a linear policy-gradient term, differentiated through Decoder::objective_and_backward.
+  auto const seed = test::seed(37);
+  auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures/tiny_llama");
+  using A = adapters::TinyLora<adapters::Paper>;
+  model::AdaptedModel<A, tying::Tiling, precision::Fp32, backend::Cpu> adapted(net, A{.r = 2, .u = 2, .seed = seed},
+                                                                              tying::Tiling{3});
+  auto const [batch, mask] = batch_of(net.config().vocab, seed);
+  float const T = 0.7f;
+  std::vector<float> c;
+  CounterRng const rng(seed, 5);
+  for (std::size_t i = 0; i < 64; ++i) c.push_back(rng.normal(i));
+  auto const J = [&](std::span<float const> logp) {
+    double acc = 0;
+    for (std::size_t t = 0; t < logp.size(); ++t) acc += c[t] * logp[t] + 0.5 * std::exp(2.0 * logp[t]);
+    return acc;
+  };
+  auto const dJ = [&](std::span<float const> logp) {
+    std::vector<float> d(logp.size());
+    for (std::size_t t = 0; t < logp.size(); ++t) d[t] = static_cast<float>(c[t] + std::exp(2.0 * logp[t]));
+    return d;
+  };
+  std::vector<float> theta(static_cast<std::size_t>(adapted.count()));
+  for (std::size_t i = 0; i < theta.size(); ++i) theta[i] = 0.05f * rng.normal(100 + i);
+  adapted.set_theta(theta);
+  auto const [logp, g] = adapted.objective_and_gradient(batch, mask, T, dJ);
+  // The log-probs are those of token_logprobs(); at T = 1 they sum to -loss.sum_nll.
+  auto const again = net.token_logprobs(batch, mask, T);
+  REQUIRE(again.size() == logp.size());
+  for (std::size_t t = 0; t < logp.size(); ++t) CHECK(logp[t] == again[t]);
+  double sum1 = 0;
+  for (float x : net.token_logprobs(batch, mask, 1.0f)) sum1 += x;
+  CHECK(-sum1 == doctest::Approx(net.loss(batch, mask).sum_nll).epsilon(1e-5));
+  float const eps = 2e-3f;
+  double num = 0, a = 0, b = 0;
+  for (std::size_t j = 0; j < theta.size(); ++j) {
+    auto plus = theta, minus = theta;
+    plus[j] += eps;
+    minus[j] -= eps;
+    adapted.set_theta(plus);
+    double const jp = J(net.token_logprobs(batch, mask, T));
+    adapted.set_theta(minus);
+    double const jm = J(net.token_logprobs(batch, mask, T));
+    double const fd = (jp - jm) / (2.0 * eps);
+    num += (g[j] - fd) * (g[j] - fd);
+    a += double{g[j]} * g[j];
+    b += fd * fd;
+  }
+  double const err = std::sqrt(num) / (std::sqrt(a) + std::sqrt(b));
+  MESSAGE("relative error " << err << " over " << theta.size() << " scalars; |g| = " << std::sqrt(a));
+  CHECK(err <= 2e-3);
+  CHECK(std::sqrt(a) > 1e-6);
+}
+
 TEST_CASE("merging the adapter into the weights gives the fused forward; unmerging restores the base") {
   auto const seed = test::seed(32);
   auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures/tiny_qwen2");

@@ -86,6 +86,16 @@ class AdaptedModel final : public LinearAdapters {
     return {loss, set_.gradient()};
   }
 
+  /// Any objective J of the supervised tokens' log-probs under softmax(z / T) (see
+  /// Decoder::objective_and_backward): returns the log-probs and dJ/dtheta.
+  template <class Objective>
+  std::pair<std::vector<float>, std::vector<float>> objective_and_gradient(PackedBatch const& batch, std::span<std::uint8_t const> supervised,
+                                                                           float temperature, Objective&& objective) {
+    set_.zero_grad();
+    auto logp = model_.objective_and_backward(batch, supervised, temperature, std::forward<Objective>(objective));
+    return {std::move(logp), set_.gradient()};
+  }
+
   /// W += Delta W in every adapted module (rounded to the weight storage type), and the fused path
   /// turns off: the model alone now computes the adapted function (inference, export).
   void merge() {

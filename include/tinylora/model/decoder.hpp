@@ -171,42 +171,73 @@ class Decoder {
   /// The masked loss of loss() and its backward pass: the adapters accumulate the gradient of their
   /// slots (frozen weights get none). Activation policy "recompute per layer": the forward keeps
   /// only each block's input (n, d); the backward recomputes one block at a time, so memory is
-  /// O(n_layers n d + one block's intermediates).
-  LossResult loss_and_backward(PackedBatch const& batch, std::span<std::uint8_t const> supervised, Index chunk = 256) const {
+  /// O(n_layers n d + one block's intermediates). The gradient is that of sum_nll / normalizer;
+  /// normalizer 0 means this batch's own supervised-token count (the token mean). Gradient
+  /// accumulation over micro-batches passes the whole batch's token count.
+  LossResult loss_and_backward(PackedBatch const& batch, std::span<std::uint8_t const> supervised, Index chunk = 256,
+                               Index normalizer = 0) const {
     namespace k = backend::cpu;
-    Index const n = batch.n_tokens(), d = config_.hidden;
     auto const [rows, targets] = supervised_targets(batch, supervised, "Decoder::loss_and_backward()");
     LossResult out;
     if (rows.empty()) return out;
-    std::vector<HostMatrix> inputs;  // block inputs, (n, d) each
-    HostMatrix x(n, d);
-    k::embedding_forward(w_.embed.view(), batch.ids, view_of(x));
-    for (int l = 0; l < config_.n_layers; ++l) {
-      inputs.push_back(x);
-      block_forward(l, batch, x, nullptr, {});
-    }
-    HostMatrix y(n, d);
-    std::vector<float> rstd(static_cast<std::size_t>(n));
-    k::rmsnorm_forward(ConstMatrixView<float>(view_of(x)), B::data(w_.final_norm), config_.rms_eps, view_of(y), rstd);
+    Activations const a = forward_keeping_inputs(batch);
     // Loss and dL/dy at the supervised rows, chunk by chunk: the LM head runs once per row.
-    HostMatrix dy = HostMatrix::Zero(n, d);
-    float const scale = 1.0f / static_cast<float>(rows.size());
+    HostMatrix dy = HostMatrix::Zero(batch.n_tokens(), config_.hidden);  // (n, d)
+    float const scale = 1.0f / static_cast<float>(normalizer > 0 ? normalizer : static_cast<Index>(rows.size()));
     for (std::size_t first = 0; first < rows.size(); first += static_cast<std::size_t>(chunk)) {
       std::size_t const count = std::min(rows.size() - first, static_cast<std::size_t>(chunk));
       auto const part = std::span<Index const>(rows).subspan(first, count);
       auto const part_targets = std::span<std::int32_t const>(targets).subspan(first, count);
-      HostMatrix logits = head_forward(y, part);  // (count, V)
+      HostMatrix logits = head_forward(a.y, part);  // (count, V)
       for (double v : k::cross_entropy_forward(view_of(logits), part_targets)) out.sum_nll += v;
       k::cross_entropy_backward(view_of(logits), part_targets, scale, view_of(logits));
-      HostMatrix dh = HostMatrix::Zero(static_cast<Index>(count), d);  // (count, d)
-      k::head_backward(ConstMatrixView<float>(view_of(logits)), w_.head(), view_of(dh));
-      for (std::size_t i = 0; i < count; ++i) dy.row(part[i]) += dh.row(static_cast<Index>(i));
+      head_backward_rows(logits, part, dy);
     }
     out.n_tokens = static_cast<Index>(rows.size());
-    HostMatrix dx = HostMatrix::Zero(n, d);  // dL/dx of the residual stream
-    k::rmsnorm_backward(ConstMatrixView<float>(view_of(x)), B::data(w_.final_norm), rstd, view_of(dy), view_of(dx));
-    for (int l = config_.n_layers - 1; l >= 0; --l) block_backward(l, batch, inputs[static_cast<std::size_t>(l)], dx);
+    backward_from(batch, a, dy);
     return out;
+  }
+
+  /// log p_T(ids[t] | ids[<t]) = log softmax(z_{t-1} / T)[ids[t]] at every supervised t, in the
+  /// order of the supervised tokens (sequence by sequence).   returns (m)
+  std::vector<float> token_logprobs(PackedBatch const& batch, std::span<std::uint8_t const> supervised, float temperature = 1.0f,
+                                    Index chunk = 256) const {
+    auto const [rows, targets] = supervised_targets(batch, supervised, "Decoder::token_logprobs()");
+    if (rows.empty()) return {};
+    return logprobs_at(hidden_states(batch), rows, targets, temperature, chunk);
+  }
+
+  /// The backward pass of any objective J of the supervised tokens' log-probs under softmax(z / T)
+  /// (policy gradients: PPO, REINFORCE, KL terms). objective(logp) returns dJ/dlogp, both (m).
+  /// Since dlogp_t/dz = (onehot(y_t) - softmax(z / T)) / T, the LM head's gradient is the weighted
+  /// cross-entropy gradient with weights -dJ/dlogp and scale 1/T. Three phases: the forward keeping
+  /// block inputs, the objective on every log-prob, then the LM head recomputed chunk by chunk for
+  /// the backward (so no (m, V) logits are kept). Returns logp.
+  template <class Objective>
+  std::vector<float> objective_and_backward(PackedBatch const& batch, std::span<std::uint8_t const> supervised, float temperature,
+                                            Objective&& objective, Index chunk = 256) const {
+    namespace k = backend::cpu;
+    auto const [rows, targets] = supervised_targets(batch, supervised, "Decoder::objective_and_backward()");
+    if (rows.empty()) return {};
+    Activations const a = forward_keeping_inputs(batch);
+    std::vector<float> const logp = logprobs_at(a.y, rows, targets, temperature, chunk);  // (m)
+    std::vector<float> const dlogp = objective(std::span<float const>(logp));             // (m)
+    TINYLORA_CHECK(dlogp.size() == logp.size(), "Decoder::objective_and_backward(): the objective returned ", dlogp.size(),
+                   " derivatives for ", logp.size(), " log-probs");
+    std::vector<float> weights(dlogp.size());  // -dJ/dlogp
+    for (std::size_t i = 0; i < dlogp.size(); ++i) weights[i] = -dlogp[i];
+    HostMatrix dy = HostMatrix::Zero(batch.n_tokens(), config_.hidden);  // (n, d)
+    for (std::size_t first = 0; first < rows.size(); first += static_cast<std::size_t>(chunk)) {
+      std::size_t const count = std::min(rows.size() - first, static_cast<std::size_t>(chunk));
+      auto const part = std::span<Index const>(rows).subspan(first, count);
+      HostMatrix logits = head_forward(a.y, part);  // (count, V)
+      if (temperature != 1.0f) logits /= temperature;
+      k::cross_entropy_backward(view_of(logits), std::span<std::int32_t const>(targets).subspan(first, count), 1.0f / temperature,
+                                view_of(logits), std::span<float const>(weights).subspan(first, count));
+      head_backward_rows(logits, part, dy);
+    }
+    backward_from(batch, a, dy);
+    return logp;
   }
 
   /// Y = X W^T (+ bias) (+ the adapter's X Delta W^T).   X: (n, d_in), returns (n, d_out)
@@ -295,6 +326,57 @@ class Decoder {
           targets.push_back(batch.ids[static_cast<std::size_t>(t)]);
         }
     return {std::move(rows), std::move(targets)};
+  }
+
+  /// What the backward needs from the forward under "recompute per layer".
+  struct Activations {
+    std::vector<HostMatrix> inputs;  // (n_layers) block inputs, (n, d) each
+    HostMatrix x;                    // (n, d) the last block's output
+    HostMatrix y;                    // (n, d) RMSNorm(x), the LM head's input
+    std::vector<float> rstd;         // (n) the final norm's 1 / rms
+  };
+
+  Activations forward_keeping_inputs(PackedBatch const& batch) const {
+    namespace k = backend::cpu;
+    Index const n = batch.n_tokens(), d = config_.hidden;
+    Activations a{{}, HostMatrix(n, d), HostMatrix(n, d), std::vector<float>(static_cast<std::size_t>(n))};
+    k::embedding_forward(w_.embed.view(), batch.ids, view_of(a.x));
+    for (int l = 0; l < config_.n_layers; ++l) {
+      a.inputs.push_back(a.x);
+      block_forward(l, batch, a.x, nullptr, {});
+    }
+    k::rmsnorm_forward(ConstMatrixView<float>(view_of(a.x)), B::data(w_.final_norm), config_.rms_eps, view_of(a.y), a.rstd);
+    return a;
+  }
+
+  /// dy: dL/dy at the final norm's output (n, d) -> back through the norm and every block.
+  void backward_from(PackedBatch const& batch, Activations const& a, HostMatrix const& dy) const {
+    HostMatrix dx = HostMatrix::Zero(batch.n_tokens(), config_.hidden);  // (n, d) dL/dx of the residual stream
+    backend::cpu::rmsnorm_backward(ConstMatrixView<float>(view_of(a.x)), B::data(w_.final_norm), a.rstd, view_of(dy), view_of(dx));
+    for (int l = config_.n_layers - 1; l >= 0; --l) block_backward(l, batch, a.inputs[static_cast<std::size_t>(l)], dx);
+  }
+
+  /// dy[rows[i]] += dlogits[i] E_head.   dlogits: (rows, V), dy: (n, d)
+  void head_backward_rows(HostMatrix const& dlogits, std::span<Index const> rows, HostMatrix& dy) const {
+    HostMatrix dh = HostMatrix::Zero(static_cast<Index>(rows.size()), config_.hidden);  // (rows, d)
+    backend::cpu::head_backward(ConstMatrixView<float>(view_of(dlogits)), w_.head(), view_of(dh));
+    for (std::size_t i = 0; i < rows.size(); ++i) dy.row(rows[i]) += dh.row(static_cast<Index>(i));
+  }
+
+  /// log softmax(h[rows] E_head^T / T)[targets], chunk by chunk.   h: (n, d), returns (rows)
+  std::vector<float> logprobs_at(HostMatrix const& h, std::span<Index const> rows, std::span<std::int32_t const> targets,
+                                 float temperature, Index chunk) const {
+    TINYLORA_CHECK(temperature > 0, "Decoder: the temperature must be > 0 (got ", temperature, ")");
+    std::vector<float> out;
+    out.reserve(rows.size());
+    for (std::size_t first = 0; first < rows.size(); first += static_cast<std::size_t>(chunk)) {
+      std::size_t const count = std::min(rows.size() - first, static_cast<std::size_t>(chunk));
+      HostMatrix logits = head_forward(h, rows.subspan(first, count));  // (count, V)
+      if (temperature != 1.0f) logits /= temperature;
+      for (double nll : backend::cpu::cross_entropy_forward(view_of(logits), targets.subspan(first, count)))
+        out.push_back(static_cast<float>(-nll));
+    }
+    return out;
   }
 
   /// x += Attention(RoPE(q), RoPE(k), v) W_o^T;  x += SwiGLU(h) W_down^T.   x: (n, d) in place
