@@ -1,0 +1,110 @@
+// experiments/common/train_setup.hpp: what the training experiments (02 sweep, 03 GRPO, 04 SFT)
+// share: the options of the model, data, adapter budget, evaluation and checkpoints; the identity
+// of a run (so a result file or checkpoint folder is never mixed with another run's); the baseline
+// and trained evaluations, each done once and kept in the result file.
+#pragma once
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/cli.hpp"
+#include "common/model_path.hpp"
+#include "tinylora/core/sha256.hpp"
+#include "tinylora/data/qa.hpp"
+#include "tinylora/io/hdf5.hpp"
+#include "tinylora/train/evaluate.hpp"
+
+namespace tinylora::cli {
+
+struct TrainRunOptions {
+  std::string model = default_model_path();
+  std::string data = "data/arith/train.jsonl", eval_data = "data/arith/test.jsonl";
+  std::string question_field = "question", answer_field = "answer";
+  std::size_t limit = 0, offset = 0;            // training examples
+  std::size_t eval_limit = 64, eval_offset = 0; // held-out examples (0: all)
+  Index budget = 13;
+  std::uint64_t seed = 0;
+  std::string rule = "paper-fork";
+  Index eval_batch = 16, eval_max_new_tokens = 256;
+  std::string out, checkpoints;                 // checkpoints default: <out>.ckpt
+  Index checkpoint_every = 1, keep_last = 3, die_at_step = -1;
+  bool keep_completions = false;
+
+  static TrainRunOptions with_out(std::string path) {
+    TrainRunOptions o;
+    o.out = std::move(path);
+    return o;
+  }
+};
+
+inline void add_train_run_options(po::options_description& desc, TrainRunOptions& o) {
+  desc.add_options()("model", po::value(&o.model)->default_value(o.model), "GGUF model file or Hugging Face folder")(
+      "data", po::value(&o.data)->default_value(o.data), "training JSONL (question/answer)")(
+      "eval-data", po::value(&o.eval_data)->default_value(o.eval_data), "held-out JSONL for the baseline and trained accuracy")(
+      "question-field", po::value(&o.question_field)->default_value(o.question_field), "JSON field of the question")(
+      "answer-field", po::value(&o.answer_field)->default_value(o.answer_field), "JSON field of the answer")(
+      "limit", po::value(&o.limit)->default_value(o.limit), "training examples used (0: all)")(
+      "offset", po::value(&o.offset)->default_value(o.offset), "training examples skipped first")(
+      "eval-limit", po::value(&o.eval_limit)->default_value(o.eval_limit), "held-out examples evaluated (0: all)")(
+      "eval-offset", po::value(&o.eval_offset)->default_value(o.eval_offset), "held-out examples skipped first")(
+      "eval-batch", po::value(&o.eval_batch)->default_value(o.eval_batch), "prompts generated together when evaluating")(
+      "eval-max-new-tokens", po::value(&o.eval_max_new_tokens)->default_value(o.eval_max_new_tokens), "generation limit when evaluating")(
+      "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b (TinyLoRA, tiling, u = 1)")(
+      "seed", po::value(&o.seed)->default_value(o.seed), "seed of the projections, data order and sampling")(
+      "rule", po::value(&o.rule)->default_value(o.rule), "answer extraction: paper-fork | reference | boxed | last-number")(
+      "checkpoints", po::value(&o.checkpoints), "checkpoint folder (default: <out>.ckpt)")(
+      "checkpoint-every", po::value(&o.checkpoint_every)->default_value(o.checkpoint_every), "steps between checkpoints")(
+      "keep-last", po::value(&o.keep_last)->default_value(o.keep_last), "checkpoints kept")(
+      "keep-completions", po::bool_switch(&o.keep_completions), "store every evaluation completion in the result file")(
+      "die-at-step", po::value(&o.die_at_step)->default_value(o.die_at_step)->value_name("S"),
+      "testing: kill this process with SIGKILL after step S is logged, before its checkpoint");
+}
+
+/// The part of a run's identity that the shared options determine (file hashes included).
+inline std::string train_run_identity(TrainRunOptions const& o) {
+  std::string const model_sha = std::filesystem::is_directory(o.model) ? "folder:" + o.model : sha256_file(o.model);
+  return "model=" + model_sha + " data=" + sha256_file(o.data) + " eval_data=" + sha256_file(o.eval_data) + " q=" + o.question_field +
+         " a=" + o.answer_field + " limit=" + std::to_string(o.limit) + " offset=" + std::to_string(o.offset) +
+         " eval_limit=" + std::to_string(o.eval_limit) + " eval_offset=" + std::to_string(o.eval_offset) +
+         " eval_max_new_tokens=" + std::to_string(o.eval_max_new_tokens) + " budget=" + std::to_string(o.budget) +
+         " seed=" + std::to_string(o.seed) + " rule=" + o.rule;
+}
+
+inline std::filesystem::path checkpoint_dir(TrainRunOptions const& o) {
+  return o.checkpoints.empty() ? std::filesystem::path(o.out + ".ckpt") : std::filesystem::path(o.checkpoints);
+}
+
+inline std::vector<data::QaExample> load_train(TrainRunOptions const& o) {
+  return data::load_qa_jsonl(o.data, {o.question_field, o.answer_field, o.offset, o.limit, false, o.seed});
+}
+inline std::vector<data::QaExample> load_eval(TrainRunOptions const& o) {
+  return data::load_qa_jsonl(o.eval_data, {o.question_field, o.answer_field, o.eval_offset, o.eval_limit, false, o.seed});
+}
+
+/// Greedy pass@1 on the held-out examples, stored under `group`; done once: a resumed run reads it back.
+template <class Model>
+double evaluate_once(io::ResultFile& file, std::string const& group, Model const& m, text::Tokenizer const& tok,
+                     std::vector<data::QaExample> const& examples, TrainRunOptions const& o) {
+  if (file.has_attr(group, "accuracy")) {
+    double const acc = file.get_attr<double>(group, "accuracy");
+    std::printf("%s accuracy (from the result file): %.4f\n", group.c_str(), acc);
+    return acc;
+  }
+  train::EvalOptions e;
+  e.batch_size = o.eval_batch;
+  e.max_new_tokens = o.eval_max_new_tokens;
+  e.rule = data::extract_rule_from_string(o.rule);
+  e.format = train::prompt_format_for(tok);
+  e.keep_completions = o.keep_completions;
+  auto const r = train::evaluate(m, tok, examples, e);
+  train::write_eval(file, group, r);
+  file.flush();
+  std::printf("%s accuracy: %td / %td = %.4f (mean %.1f tokens, %.1f s)\n", group.c_str(), r.n_correct, r.n, r.accuracy(), r.mean_tokens,
+              r.seconds);
+  std::fflush(stdout);
+  return r.accuracy();
+}
+
+}  // namespace tinylora::cli

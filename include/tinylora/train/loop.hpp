@@ -1,0 +1,155 @@
+// tinylora/train/loop.hpp: what SFT and GRPO share: the step loop with its metrics log (one
+// resumable HDF5 series per metric, theta's trajectory as a (steps, b) grid) and its checkpoints
+// (theta's fp32 master, the optimizer's state and the step, saved atomically), so that a run
+// killed at any instant resumes from its last checkpoint and writes the same metrics as a run that
+// never stopped: every random draw is keyed by (seed, step), never by how far a process has got.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tinylora/core/error.hpp"
+#include "tinylora/io/checkpoint.hpp"
+#include "tinylora/io/hdf5.hpp"
+#include "tinylora/optim/trainable.hpp"
+
+namespace tinylora::train {
+
+/// One step's scalar metrics, in the order they are reported.
+using Metrics = std::vector<std::pair<std::string, double>>;
+
+/// A trainer the loop can drive: steps are numbered 0..total_steps()-1; step(s) must depend only on
+/// the state restored from a checkpoint and on s (not on what this process ran before).
+template <class T>
+concept Trainer = requires(T t, T const ct, Index s, io::Checkpoint& out, io::Checkpoint const& in) {
+  { ct.total_steps() } -> std::convertible_to<Index>;
+  { t.step(s) } -> std::same_as<Metrics>;
+  { ct.theta() } -> std::convertible_to<std::vector<float>>;
+  t.save(out);
+  t.restore(in);
+};
+
+/// The metrics of a run in its HDF5 file: `<prefix>metrics/<name>` (steps) and `<prefix>theta`
+/// (steps, b), each a resumable grid whose point s is written (and flushed) when step s finishes.
+class TrainLog {
+ public:
+  TrainLog(io::ResultFile& file, Index total_steps, Index b, std::string prefix = "")
+      : file_(file), steps_(static_cast<std::size_t>(total_steps)), prefix_(std::move(prefix)) {
+    theta_.emplace(file_.resumable(prefix_ + "theta", {steps_, static_cast<std::size_t>(b)}));
+  }
+
+  void record(Index step, Metrics const& metrics, std::vector<float> const& theta) {
+    for (auto const& [name, value] : metrics) series(name).store(static_cast<std::size_t>(step), value);
+    TINYLORA_CHECK(theta.size() * steps_ == theta_->size(), "TrainLog::record(): theta has ", theta.size(),
+                   " values, the log was made for ", theta_->size() / steps_);
+    for (std::size_t k = 0; k < theta.size(); ++k) theta_->store(static_cast<std::size_t>(step) * theta.size() + k, theta[k]);
+  }
+
+ private:
+  io::ResumableGrid& series(std::string const& name) {
+    auto it = series_.find(name);
+    if (it == series_.end()) it = series_.emplace(name, file_.resumable(prefix_ + "metrics/" + name, {steps_})).first;
+    return it->second;
+  }
+
+  io::ResultFile& file_;
+  std::size_t steps_;
+  std::string prefix_;
+  std::optional<io::ResumableGrid> theta_;
+  std::map<std::string, io::ResumableGrid> series_;
+};
+
+/// theta's fp32 master and the optimizer's state into a checkpoint, and back.
+template <class P, class O>
+void save_trainable(io::Checkpoint& c, optim::Trainable<P, O>& t) {
+  c.put("theta_master", std::span<float const>(t.master()));
+  c.put_i64("optimizer/step", t.state().step);
+  for (auto const& [name, buffer] : t.state().buffers()) c.put("optimizer/" + name, std::span<float const>(*buffer));
+}
+
+template <class P, class O>
+void restore_trainable(io::Checkpoint const& c, optim::Trainable<P, O>& t) {
+  auto master = c.floats("theta_master");
+  TINYLORA_CHECK(master.size() == t.master().size(), "restore_trainable(): the checkpoint's theta has ", master.size(),
+                 " values, this run's has ", t.master().size(), ". Hint: the checkpoint folder belongs to another run.");
+  t.set_master(std::move(master));
+  t.state().step = c.i64("optimizer/step");
+  for (auto const& [name, buffer] : t.state().buffers()) {
+    auto values = c.floats("optimizer/" + name);
+    TINYLORA_CHECK(values.size() == buffer->size(), "restore_trainable(): optimizer buffer '", name, "' has ", values.size(),
+                   " values (expected ", buffer->size(), ")");
+    *buffer = std::move(values);
+  }
+}
+
+struct LoopOptions {
+  std::filesystem::path checkpoint_dir;  // empty: no checkpoints (and no resume)
+  Index checkpoint_every = 1;            // steps between checkpoints (and after the last step)
+  std::size_t keep_last = 3;
+  std::string run_identity;              // stored in every checkpoint; a mismatch refuses to resume
+  Index die_at_step = -1;                // testing: SIGKILL ourselves after step s is logged, before its checkpoint
+  bool progress = true;
+};
+
+/// Runs the steps not yet covered by the newest checkpoint; returns the first step run this time.
+template <Trainer T>
+Index run_steps(T& trainer, TrainLog& log, LoopOptions const& o) {
+  Index first = 0;
+  std::optional<io::CheckpointStore> store;
+  if (!o.checkpoint_dir.empty()) {
+    store.emplace(o.checkpoint_dir, o.keep_last);
+    if (auto latest = store->load_latest()) {
+      auto const& [step, c] = *latest;
+      TINYLORA_CHECK(c.string("run_identity") == o.run_identity, "run_steps(): the checkpoints in '", o.checkpoint_dir.string(),
+                     "' belong to a run with other options or files. Hint: give another output/checkpoint folder to start a new run.");
+      trainer.restore(c);
+      first = step;
+      if (o.progress) std::printf("resuming from the checkpoint after step %td (of %td)\n", step, trainer.total_steps());
+    }
+  }
+  Index const total = trainer.total_steps();
+  for (Index s = first; s < total; ++s) {
+    auto const start = std::chrono::steady_clock::now();
+    Metrics const m = trainer.step(s);
+    for (auto const& [name, value] : m)
+      TINYLORA_CHECK(std::isfinite(value), "run_steps(): step ", s, " produced a non-finite ", name, " (", value,
+                     "). Nothing after the last checkpoint was kept. Hint: lower the learning rate or enable gradient clipping.");
+    log.record(s, m, trainer.theta());
+    double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (o.progress) {
+      std::printf("[step %td/%td]", s + 1, total);
+      for (auto const& [name, value] : m) std::printf(" %s=%.5g", name.c_str(), value);
+      std::printf(" (%.1f s)\n", seconds);
+      std::fflush(stdout);
+    }
+    if (s == o.die_at_step) std::raise(SIGKILL);
+    if (store && ((s + 1) % o.checkpoint_every == 0 || s + 1 == total)) {
+      io::Checkpoint c;
+      c.put_string("run_identity", o.run_identity);
+      trainer.save(c);
+      store->save(s + 1, c);
+    }
+  }
+  return first;
+}
+
+/// The run identity check shared by the experiments: a result file made with other options is
+/// never mixed with this run's; a fresh one records the identity.
+inline void check_run_identity(io::ResultFile& file, std::string const& identity, std::string const& program, std::string const& path) {
+  if (file.has_attr("/", "run_identity")) {
+    TINYLORA_CHECK(file.get_attr<std::string>("/", "run_identity") == identity, program, ": '", path,
+                   "' holds a run made with other options or files; give another --out to start a new one");
+  } else {
+    file.set_attr("/", "run_identity", identity);
+  }
+}
+
+}  // namespace tinylora::train
