@@ -20,11 +20,27 @@ decoding), tokenizers (a tiny byte-level BPE) and PEFT (TinyLoRA adapters). The 
      (c) model_tiny_{llama,qwen2}_tinylora_<case>.safetensors/.json and the PEFT adapter folders
      tiny_{llama,qwen2}/peft_tinylora_<case>/ for several (u, weight_tying) with fixed non-zero v:
      adapter state dict (A, B, P, v), logits, masked loss and dloss/dv;
+     (d) model_smollm2_tinylora_<case>.safetensors/.json and the PEFT adapter folders
+     smollm2/peft_tinylora_<case>/ on SmolLM2-135M-Instruct (the GGUF as in (b)): u = 1 over all
+     210 projections tied into 13 groups (weight_tying 0.938; its A and B are rounded to float16 in
+     the PEFT model first and saved as F16, to keep the file under 2 MB) and u = 4 on q_proj/v_proj
+     with weight_tying 0.5; fixed non-zero v, 2 short sequences (16 and 13 tokens): logits of the
+     first 256 vocabulary entries, top-8 and logsumexp, masked loss and dloss/dv; PEFT reloads each
+     saved folder and must reproduce its logits;
+     (e) model_tiny_llama_exported_peft.safetensors/.json: PEFT loads the adapter tinylora exported
+     (fixtures/exported_peft_adapter/, written by the C++ test) onto the tiny Llama, every saved
+     tensor is checked to be the one PEFT holds, and its logits and loss on the tiny batch are saved;
   3. skips an output whose sidecar already has this format_version and requirements hash
      (--force regenerates), and prints what it wrote.
 
-Usage: python3 tests/reference/make_fixtures.py [--venv DIR] [--only tiny,smollm2,peft]
-           [--gsm8k train.jsonl] [--model SmolLM2-135M-Instruct.Q4_1.gguf] [--force]
+Usage: python3 tests/reference/make_fixtures.py [--venv DIR]
+           [--only tiny,smollm2,peft,smollm2_peft,export] [--gsm8k train.jsonl]
+           [--model SmolLM2-135M-Instruct.Q4_1.gguf] [--force]
+Regeneration order for the export check (e), which needs tinylora's output first:
+  1. make_fixtures.py --only tiny (the tiny Llama the export is built on), then build the tests;
+  2. TINYLORA_WRITE_EXPORT_FIXTURE=1 <build>/tests/test_peft_adapter   (writes exported_peft_adapter/)
+  3. make_fixtures.py --only export   (PEFT loads it; reruns whenever the folder's sha256 changes)
+  4. <build>/tests/test_peft_adapter   (tinylora's logits against PEFT's, 1e-4)
 Loss definition used everywhere: logits at position t predict token t+1; the loss is the mean,
 over positions t with loss_mask[t+1] = 1, of -log softmax(logits[t])[ids[t+1]] (float64 maths on
 the fp32 logits). Prompt tokens and padding have loss_mask 0, answer tokens 1.
@@ -577,11 +593,12 @@ def peft_fixtures(name: str, tok, rows, force: bool):
         })
 
 
-def finite_difference_check(model, v_dict, input_ids, attention_mask, loss_mask):
-    """Central differences of the loss, Richardson-extrapolated from steps 2h and h (h = 1e-2),
-    on a copy of the model cast to double, against the autograd gradients, for the first
-    component of every group. transformers' RMSNorm computes in float32 even in a double model,
-    so the loss carries float32 noise (~1e-7); hence the large step and the extrapolation."""
+def finite_difference_check(model, v_dict, input_ids, attention_mask, loss_mask, h=1e-2, groups=None):
+    """Central differences of the loss, Richardson-extrapolated from steps 2h and h (default
+    h = 1e-2), on a copy of the model cast to double, against the autograd gradients, for the
+    first component of every group (or of `groups`). transformers' RMSNorm computes in float32
+    even in a double model, so the loss carries float32 noise (~1e-7); hence the large step and
+    the extrapolation."""
     import copy
     import torch
     fp32_grads = {k: v.grad.detach().clone() for k, v in v_dict.items()}
@@ -604,9 +621,10 @@ def finite_difference_check(model, v_dict, input_ids, attention_mask, loss_mask)
     for v in v64.values():
         v.grad = None
     loss_at().backward()
-    h = 1e-2
     out = []
     for key in sorted(v64.keys(), key=int):
+        if groups is not None and int(key) not in groups:
+            continue
         fd = (4 * central(key, h) - central(key, 2 * h)) / 3
         g32 = fp32_grads[key][0].item()
         out.append({"group": int(key), "component": 0, "finite_difference": fd,
@@ -618,13 +636,278 @@ def finite_difference_check(model, v_dict, input_ids, attention_mask, loss_mask)
     return out
 
 
+# ---- 2d. PEFT TinyLoRA on SmolLM2 -----------------------------------------------------------
+# (case, u, weight_tying, target_modules, storage dtype of A and B in the saved adapter).
+# u1_wt0p938: all 210 projections in 13 groups of one scalar: the paper's 13 trainable parameters.
+# Its A and B are rounded to float16 inside the PEFT model before anything is computed, and saved
+# as F16 (exactly), which keeps adapter_model.safetensors under 2 MB (1.2 MB instead of 2.4 MB);
+# the parity is unaffected because PEFT's own forward uses the same rounded factors.
+SMOLLM2_PEFT_CASES = [
+    ("u1_wt0p938", 1, 0.938, TARGETS, "float16"),
+    ("u4_wt0p5_qv", 4, 0.5, ["q_proj", "v_proj"], "float32"),
+]
+SMOLLM2_HEAD = 256  # logits_head holds vocabulary columns 0..255
+
+
+def smollm2_batch(tok, rows, pad_id: int, eos_id: int):
+    """2 short sequences (prompt = question prefix, answer = answer prefix + <|im_end|>), right-padded."""
+    import torch
+    specs = [(0, 10, 6), (1, 8, 5)]  # (row, prompt tokens, answer tokens)
+    seqs, masks = [], []
+    for row, n_prompt, n_answer in specs:
+        prompt = tok.encode(rows[row]["question"]).ids[:n_prompt]
+        answer = tok.encode(" " + rows[row]["answer"]).ids[: n_answer - 1] + [eos_id]
+        assert len(prompt) == n_prompt and len(answer) == n_answer
+        seqs.append(prompt + answer)
+        masks.append([0] * n_prompt + [1] * n_answer)
+    n_seq = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), n_seq), pad_id, dtype=torch.int64)  # (n_batch, n_seq)
+    attention_mask = torch.zeros((len(seqs), n_seq), dtype=torch.int64)   # (n_batch, n_seq)
+    loss_mask = torch.zeros((len(seqs), n_seq), dtype=torch.int64)        # (n_batch, n_seq)
+    for b, (s, m) in enumerate(zip(seqs, masks)):
+        input_ids[b, : len(s)] = torch.tensor(s)
+        attention_mask[b, : len(s)] = 1
+        loss_mask[b, : len(s)] = torch.tensor(m)
+    return input_ids, attention_mask, loss_mask, [len(s) for s in seqs], [sp[1] for sp in specs]
+
+
+def state_key_in_model(file_key: str, adapter_name: str = "default") -> str:
+    """The key of a saved adapter tensor inside a loaded PeftModel's state_dict (PEFT strips the
+    adapter name when saving and puts it back when loading)."""
+    if ".tinylora_v." in file_key:
+        return file_key.replace(".tinylora_v.", f".tinylora_v.{adapter_name}.")
+    return f"{file_key}.{adapter_name}"
+
+
+def reload_check(base, adapter_dir: Path, input_ids, attention_mask, want_logits):
+    """PeftModel.from_pretrained(base, adapter_dir): every saved tensor must be held exactly, and the
+    logits must equal want_logits. Returns the largest logit difference."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    state = model.state_dict()
+    for key, value in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        held = state[state_key_in_model(key)]
+        assert held.shape == value.shape and torch.equal(held.float(), value.float()), key
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    diff = float((logits - want_logits).abs().max())
+    assert diff <= 1e-5 * float(want_logits.abs().max()), diff
+    return diff
+
+
+def smollm2_peft_fixtures(model_path: Path, rows, force: bool):
+    import copy
+    import torch
+    try:
+        from peft import TinyLoraConfig, get_peft_model
+    except ImportError:
+        print("peft: this PEFT version has no TinyLoraConfig; SmolLM2 TinyLoRA fixtures skipped", flush=True)
+        return
+    from safetensors.torch import load_file, save_file
+    model_dir = FIXTURES / "smollm2"
+    todo = []
+    for case, u, wt, targets, dtype in SMOLLM2_PEFT_CASES:
+        sidecar = FIXTURES / f"model_smollm2_tinylora_{case}.json"
+        out = FIXTURES / f"model_smollm2_tinylora_{case}.safetensors"
+        adapter_dir = model_dir / f"peft_tinylora_{case}"
+        if not force and up_to_date(sidecar, [out, adapter_dir / "adapter_model.safetensors"]):
+            print(f"smollm2 tinylora {case}: up to date, skipped", flush=True)
+            continue
+        todo.append((case, u, wt, targets, dtype, sidecar, out, adapter_dir))
+    if not todo:
+        return
+    print(f"smollm2 tinylora: loading {model_path}", flush=True)
+    _, tok = smollm2_tokenizer(model_path)
+    base = load_causal_lm(model_path.parent, gguf_file=model_path.name)
+    im_end = tok.token_to_id("<|im_end|>")
+    input_ids, attention_mask, loss_mask, lengths, prompt_lengths = smollm2_batch(tok, rows, im_end, im_end)
+    with torch.no_grad():
+        base_logits = base(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    base_loss = float(masked_loss(base_logits, input_ids, loss_mask)[0])
+    for case, u, wt, targets, dtype, sidecar, out, adapter_dir in todo:
+        print(f"smollm2 tinylora {case}:", flush=True)
+        start = time.time()
+        peft_config = TinyLoraConfig(r=2, u=u, weight_tying=wt, target_modules=targets,
+                                     projection_seed=42, save_projection=True, init_weights=True)
+        model = get_peft_model(copy.deepcopy(base), peft_config)
+        modules = {}
+        with torch.no_grad():
+            for mname, module in model.named_modules():
+                if hasattr(module, "_tinylora_v_key") and "default" in module._tinylora_v_key:
+                    if dtype == "float16":  # the factors PEFT computes with are the ones the file holds
+                        for buf in (module.tinylora_A["default"], module.tinylora_B["default"]):
+                            buf.copy_(buf.half().float())
+                    modules[mname.removeprefix("base_model.model.")] = {
+                        "index": module._layer_idx, "group": int(module._tinylora_v_key["default"])}
+        v_dict = model.base_model.tinylora_v["default"]
+        g = torch.Generator().manual_seed(SEED + 3)
+        with torch.no_grad():
+            for key in sorted(v_dict.keys(), key=int):
+                v_dict[key].copy_(0.3 * torch.randn(u, generator=g))
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        loss, nll = masked_loss(logits, input_ids, loss_mask)
+        loss.backward()
+        logits = logits.detach()
+        top = torch.topk(logits, 8)
+        tensors = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
+            "logits_head": logits[..., :SMOLLM2_HEAD].clone(),                   # (n_batch, n_seq, 256)
+            "top8_ids": top.indices.to(torch.int64), "top8_logits": top.values,  # (n_batch, n_seq, 8)
+            "logsumexp": torch.logsumexp(logits.double(), -1).float(),            # (n_batch, n_seq)
+            "loss": loss.detach().float().reshape(()), "token_nll": nll.detach().float(),
+        }
+        for key in sorted(v_dict.keys(), key=int):
+            tensors[f"v.{key}"] = v_dict[key].detach().clone()
+            tensors[f"v_grad.{key}"] = v_dict[key].grad.detach().clone()
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        model.save_pretrained(str(adapter_dir))
+        (adapter_dir / "README.md").unlink(missing_ok=True)
+        weights_file = adapter_dir / "adapter_model.safetensors"
+        if dtype == "float16":
+            state = load_file(str(weights_file))
+            for key in state:
+                if key.endswith(".tinylora_A") or key.endswith(".tinylora_B"):
+                    half = state[key].half()
+                    assert torch.equal(half.float(), state[key]), key  # exact: rounded above
+                    state[key] = half
+            save_file(state, str(weights_file), metadata={"format": "pt"})
+        adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = MODEL_FILE
+        adapter_config["target_modules"] = sorted(adapter_config["target_modules"])
+        (adapter_dir / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+        for f in sorted(adapter_dir.iterdir()):
+            print(f"  wrote {f.relative_to(REPO)} ({f.stat().st_size} bytes)", flush=True)
+        reload_diff = reload_check(copy.deepcopy(base), adapter_dir, input_ids, attention_mask, logits)
+        # Five groups spread over the model (each costs 4 double-precision forwards of SmolLM2), and
+        # a smaller step than the tiny models': with u = 4 and 0.3-sized v the loss curves enough
+        # that h = 1e-2 leaves a 3e-3 relative truncation error.
+        n_groups = len(v_dict)
+        checked = sorted({round(k * (n_groups - 1) / 4) for k in range(5)})
+        fd = finite_difference_check(model, v_dict, input_ids, attention_mask, loss_mask, h=2e-3, groups=checked)
+        write_tensors(out, tensors, {"model": MODEL_FILE, "case": case})
+        write_json(sidecar, {
+            "format_version": FORMAT_VERSION,
+            "generator": "tests/reference/make_fixtures.py",
+            "model_file": MODEL_FILE,
+            "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+            "loading": "as model_smollm2.json: transformers from the GGUF, dequantized to float32, eager attention",
+            "adapter_dir": f"tests/reference/fixtures/smollm2/peft_tinylora_{case}",
+            "peft_config": {"r": 2, "u": u, "weight_tying": wt, "target_modules": sorted(targets),
+                            "projection_seed": 42, "save_projection": True, "init_weights": True},
+            "factor_storage": dtype,
+            "factor_note": ("A and B were rounded to float16 in the PEFT model before the forward pass and "
+                            "are saved as F16 (exact), to keep the file under 2 MB") if dtype == "float16"
+                           else "A and B saved in float32 as PEFT computed them",
+            "v_init": "after get_peft_model, each group's v (sorted by group index) = 0.3*N(0,1) from "
+                      f"torch.Generator({SEED + 3})",
+            "n_modules": len(modules), "n_groups": len(v_dict),
+            "tying_rule": "groups = max(1, round(N*(1-wt))) (half to even); size = max(1, N // groups); "
+                          "group = min(index // size, groups - 1)",
+            "modules": modules,
+            "batch": {"n_batch": int(input_ids.shape[0]), "n_seq": int(input_ids.shape[1]),
+                      "lengths": lengths, "prompt_lengths": prompt_lengths, "padding": "right",
+                      "construction": "prompt = first question tokens of GSM8K train rows 0, 1; answer = "
+                                      "tokens of ' ' + answer (truncated) + <|im_end|>"},
+            "loss": loss.item(), "loss_without_adapter": base_loss, "loss_definition": LOSS_DEFINITION,
+            "logits_note": f"logits_head: columns 0..{SMOLLM2_HEAD - 1}; top8_*: the 8 largest logits per "
+                           "position; logsumexp over the full vocabulary; compare only where attention_mask = 1",
+            "gradients": "v_grad.<group> = d loss / d v of that group (float64 loss backpropagated to fp32 v)",
+            "gradient_check": fd,
+            "gradient_check_note": "finite differences (h = 2e-3, Richardson) for the first component of "
+                                   f"groups {checked}",
+            "peft_reload_max_abs_logit_diff": reload_diff,
+            "seconds": round(time.time() - start, 1),
+            "tensors": tensor_table(tensors),
+            "versions": versions(),
+        })
+
+
+# ---- 2e. PEFT loads tinylora's export -------------------------------------------------------
+EXPORTED_ADAPTER = FIXTURES / "exported_peft_adapter"
+
+
+def exported_adapter_fixture(rows, force: bool):
+    """PEFT loads the adapter tinylora exported (tests/unit/test_peft_adapter.cpp with
+    TINYLORA_WRITE_EXPORT_FIXTURE=1) onto the tiny Llama and records its logits and loss."""
+    import torch
+    try:
+        from peft import PeftModel
+    except ImportError:
+        print("peft: not available; export check skipped", flush=True)
+        return
+    files = [EXPORTED_ADAPTER / "adapter_config.json", EXPORTED_ADAPTER / "adapter_model.safetensors"]
+    if not all(f.exists() for f in files):
+        print(f"export: {EXPORTED_ADAPTER.relative_to(REPO)} is missing; run the C++ test first: "
+              "TINYLORA_WRITE_EXPORT_FIXTURE=1 <build>/tests/test_peft_adapter; skipped", flush=True)
+        return
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    sidecar = FIXTURES / "model_tiny_llama_exported_peft.json"
+    out = FIXTURES / "model_tiny_llama_exported_peft.safetensors"
+    if (not force and up_to_date(sidecar, [out]) and
+            json.loads(sidecar.read_text()).get("adapter_sha256") == digest):
+        print("export: up to date, skipped", flush=True)
+        return
+    print("export: PEFT loads tinylora's exported adapter onto tiny_llama", flush=True)
+    name = "tiny_llama"
+    base = load_causal_lm(FIXTURES / name)
+    tok = saved_tokenizer(name)
+    cfg = base.config
+    eos = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, list) else cfg.eos_token_id
+    input_ids, attention_mask, loss_mask, _, _ = tiny_batch(tok, rows, cfg.pad_token_id, cfg.bos_token_id, eos)
+    with torch.no_grad():
+        base_logits = base(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    model = PeftModel.from_pretrained(base, str(EXPORTED_ADAPTER))
+    model.eval()
+    # PEFT must hold exactly the file's A, B, P and v (not its own SVD or projections).
+    from safetensors.torch import load_file
+    saved = load_file(str(files[1]))
+    state = model.state_dict()
+    for key, value in saved.items():
+        held = state[state_key_in_model(key)]
+        assert held.shape == value.shape and torch.equal(held.float(), value.float()), key
+    n_modules = sum(1 for k in saved if k.endswith(".tinylora_A"))
+    n_groups = len(model.base_model.tinylora_v["default"])
+    assert n_groups == sum(1 for k in saved if ".tinylora_v." in k)
+    groups = {}
+    for mname, module in model.named_modules():
+        if hasattr(module, "_tinylora_v_key") and "default" in module._tinylora_v_key:
+            groups[mname.removeprefix("base_model.model.")] = int(module._tinylora_v_key["default"])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    loss, _ = masked_loss(logits, input_ids, loss_mask)
+    effect = float(((logits - base_logits) * attention_mask[..., None]).abs().max())
+    tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
+               "logits": logits, "loss": loss.float().reshape(())}
+    write_tensors(out, tensors, {"model": name, "adapter": "exported_peft_adapter"})
+    write_json(sidecar, {
+        "format_version": FORMAT_VERSION,
+        "generator": "tests/reference/make_fixtures.py",
+        "model_dir": f"tests/reference/fixtures/{name}",
+        "adapter_dir": "tests/reference/fixtures/exported_peft_adapter",
+        "adapter_sha256": digest,
+        "adapter_config": json.loads(files[0].read_text()),
+        "loading": "PeftModel.from_pretrained(base, adapter_dir); every saved tensor checked equal to the "
+                   "loaded model's (so PEFT used tinylora's A, B, P and v, not its own SVD or projections)",
+        "n_modules": n_modules, "n_groups": n_groups, "groups": groups,
+        "batch": "the tiny batch of model_tiny_llama.json (same rows, padding and masks)",
+        "loss": loss.item(), "loss_definition": LOSS_DEFINITION,
+        "adapter_effect_max_abs_logit": effect,
+        "logits_note": "compare only where attention_mask = 1",
+        "tensors": tensor_table(tensors),
+        "versions": versions(),
+    })
+
+
 # ---- main -----------------------------------------------------------------------------------
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", default=os.environ.get("TINYLORA_REFERENCE_VENV",
                                                          str(REPO / "build" / "reference-venv")))
-    parser.add_argument("--only", default="tiny,smollm2,peft",
-                        help="comma-separated subset of tiny, smollm2, peft")
+    parser.add_argument("--only", default="tiny,smollm2,peft,smollm2_peft,export",
+                        help="comma-separated subset of tiny, smollm2, peft, smollm2_peft, export")
     parser.add_argument("--gsm8k", default=None, help="GSM8K train.jsonl (default: shared/data/gsm8k)")
     parser.add_argument("--model", default=None, help=f"path of {MODEL_FILE} (default: scripts/fetch-model)")
     parser.add_argument("--force", action="store_true", help="regenerate even when up to date")
@@ -654,6 +937,10 @@ def main():
             if not (FIXTURES / name / "model.safetensors").exists():
                 tiny_forward_fixture(name, tok, rows, args.force)  # the adapters need the base model
             peft_fixtures(name, tok, rows, args.force)
+    if "smollm2_peft" in only:
+        smollm2_peft_fixtures(find_model(args.model), rows, args.force)
+    if "export" in only:
+        exported_adapter_fixture(rows, args.force)
     print(f"make_fixtures: done in {time.time() - start:.0f} s", flush=True)
 
 
