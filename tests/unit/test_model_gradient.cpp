@@ -8,6 +8,7 @@
 #include "../support.hpp"
 #include "tinylora/adapters/adapters.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
+#include "tinylora/core/type_list.hpp"
 #include "tinylora/model/adapted.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/tying/strategies.hpp"
@@ -91,6 +92,87 @@ TEST_CASE("theta-gradient of the whole tiny Qwen2: TinyLoRA (peft) with PEFT's w
 
 TEST_CASE("theta-gradient of the whole tiny Llama: LoRA-XS untied matches finite differences") {
   check_gradient("tiny_llama", adapters::LoraXs{}, tying::Untied{}, 2e-3);
+}
+
+namespace {
+using AllAdapters = TypeList<adapters::TinyLora<adapters::Paper>, adapters::TinyLora<adapters::Reference>,
+                             adapters::TinyLora<adapters::Peft>, adapters::TinyLora<adapters::Fork>, adapters::LoraXs, adapters::Lora,
+                             adapters::Full>;
+using AllTies = TypeList<tying::Untied, tying::Tiling, tying::Structured, tying::All, tying::PeftRatio>;
+
+template <class A>
+A small_adapter(std::uint64_t seed) {
+  A a{};
+  if constexpr (requires { a.u; }) a.u = 2;
+  if constexpr (requires { a.r; }) a.r = 2;
+  if constexpr (requires { a.seed; }) a.seed = seed;
+  return a;
+}
+template <class T>
+T some_tie() {
+  if constexpr (std::is_same_v<T, tying::Tiling>) return T{3};
+  else if constexpr (std::is_same_v<T, tying::Structured>) return T{2};
+  else if constexpr (std::is_same_v<T, tying::PeftRatio>) return T{0.5};
+  else return T{};
+}
+}  // namespace
+
+TEST_CASE("theta-gradient of the whole tiny Qwen2 for every adapter kind x tie strategy: directional finite differences") {
+  // For each valid (adapter, tie) pair: g . d against (L(theta + eps d) - L(theta - eps d)) / (2 eps)
+  // along two unit directions d of the full theta (all slots at once, so LoRA's and Full's
+  // thousands of slots are covered without one difference per slot).
+  auto const seed = test::seed(47);
+  auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures/tiny_qwen2");
+  auto const [batch, mask] = batch_of(net.config().vocab, seed);
+  int checked = 0;
+  for_each_pair(AllAdapters{}, AllTies{}, [&]<class A, class T>() {
+    if constexpr (!(A::slots_depend_on_shape && T::mixes_module_types)) {
+      INFO("adapter " << A::name << ", tie " << T::name);
+      model::AdaptedModel<A, T, precision::Fp32, backend::Cpu> adapted(net, small_adapter<A>(seed), some_tie<T>());
+      std::vector<float> theta(static_cast<std::size_t>(adapted.count()));
+      CounterRng const rng(seed, 11);
+      // Full and LoRA slots are weight-sized: keep Delta W small against W.
+      float const scale = adapted.count() > 200 ? 0.01f : 0.05f;
+      for (std::size_t i = 0; i < theta.size(); ++i) theta[i] = scale * rng.normal(i);
+      adapted.set_theta(theta);
+      auto const [loss, g] = adapted.loss_and_gradient(batch, mask);
+      for (std::uint64_t k = 0; k < 2; ++k) {
+        // d_0 = g / |g| (the largest signal), d_1 = the normalized sum of g / |g| and a random unit
+        // vector r (also probes what is orthogonal to g), so g . d stays well above the loss's rounding.
+        std::vector<float> d(theta.size()), r(theta.size());
+        double gn = 0, rn = 0;
+        for (std::size_t i = 0; i < d.size(); ++i) {
+          gn += double{g[i]} * g[i];
+          rn += double{r[i] = rng.normal(1000000 + i)} * r[i];
+        }
+        double norm = 0;
+        for (std::size_t i = 0; i < d.size(); ++i) norm += double{d[i] = static_cast<float>(g[i] / std::sqrt(gn) + (k == 0 ? 0.0 : r[i] / std::sqrt(rn)))} * d[i];
+        for (float& x : d) x = static_cast<float>(x / std::sqrt(norm));
+        double gd = 0;
+        for (std::size_t i = 0; i < d.size(); ++i) gd += double{g[i]} * d[i];
+        // A step that changes L by about 0.008: large against the fp32 loss's rounding, small against
+        // the curvature (the Fork convention's scale makes L steep in theta).
+        float const eps = static_cast<float>(4e-3 / std::max(1.0, std::abs(gd)));
+        auto plus = theta, minus = theta;
+        for (std::size_t i = 0; i < d.size(); ++i) {
+          plus[i] += eps * d[i];
+          minus[i] -= eps * d[i];
+        }
+        adapted.set_theta(plus);
+        double const lp = net.loss(batch, mask).mean();
+        adapted.set_theta(minus);
+        double const lm = net.loss(batch, mask).mean();
+        adapted.set_theta(theta);
+        double const fd = (lp - lm) / (2.0 * eps);
+        double const err = std::abs(gd - fd) / (std::abs(gd) + std::abs(fd) + 1e-6);
+        INFO("direction " << k << ": g.d = " << gd << ", finite difference " << fd << ", relative error " << err << ", b = " << theta.size());
+        CHECK(err <= 2e-3);
+        CHECK(std::abs(gd) > 1e-5);
+      }
+      ++checked;
+    }
+  });
+  CHECK(checked == 29);  // 7 adapters x 5 ties minus the 2 shape-dependent adapters x 3 type-mixing ties
 }
 
 TEST_CASE("a nonlinear objective of the token log-probs at temperature 0.7: its theta-gradient matches finite differences") {
