@@ -56,12 +56,7 @@ int main(int argc, char** argv) {
 
     std::string const identity = "02_budget_sweep " + cli::train_run_identity(run) + " recipe=" + Experiment::describe() +
                                  cli::grpo_identity(grpo) + " lrs=" + lrs + " val_limit=" + std::to_string(val_limit);
-    std::filesystem::create_directories(std::filesystem::absolute(run.out).parent_path());
-    auto file = io::ResultFile::open_or_create_resumable(run.out);
-    train::check_run_identity(file, identity, "02_budget_sweep", run.out);
-    file.set_attr("/", "experiment", "02_budget_sweep");
-    file.set_attr("/", "recipe", Experiment::describe());
-    file.set_attr("/", "budget", static_cast<std::int64_t>(policy.count()));
+    auto file = cli::open_run_file(run, "02_budget_sweep", identity, Experiment::describe(), policy.count(), plan.strategy.describe());
     if (!file.has("lrs")) file.write("lrs", std::vector<double>(grid.begin(), grid.end()));
     auto val_accuracy = file.resumable("val_accuracy", {grid.size()});
     auto theta = file.resumable("theta_final", {grid.size(), static_cast<std::size_t>(policy.count())});

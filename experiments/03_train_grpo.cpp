@@ -49,13 +49,7 @@ int main(int argc, char** argv) {
 
     std::string const identity = "03_train_grpo " + cli::train_run_identity(run) + " recipe=" + Experiment::describe() +
                                  cli::grpo_identity(grpo) + " lr=" + std::to_string(g.lr);
-    std::filesystem::create_directories(std::filesystem::absolute(run.out).parent_path());
-    auto file = io::ResultFile::open_or_create_resumable(run.out);
-    train::check_run_identity(file, identity, "03_train_grpo", run.out);
-    file.set_attr("/", "experiment", "03_train_grpo");
-    file.set_attr("/", "recipe", Experiment::describe());
-    file.set_attr("/", "budget", static_cast<std::int64_t>(policy.count()));
-    file.set_attr("/", "tie", plan.strategy.describe());
+    auto file = cli::open_run_file(run, "03_train_grpo", identity, Experiment::describe(), policy.count(), plan.strategy.describe());
     file.set_attr("/", "lr", static_cast<double>(g.lr));
 
     // The baseline: the same model with the adapter switched off, measured once.

@@ -65,13 +65,7 @@ int main(int argc, char** argv) {
                                  " max_steps=" + std::to_string(s.max_steps) + " lr=" + std::to_string(s.lr) +
                                  " warmup=" + std::to_string(s.warmup_fraction) + " grad_clip=" + std::to_string(s.grad_clip) +
                                  " max_length=" + std::to_string(max_length);
-    std::filesystem::create_directories(std::filesystem::absolute(run.out).parent_path());
-    auto file = io::ResultFile::open_or_create_resumable(run.out);
-    train::check_run_identity(file, identity, "04_train_sft", run.out);
-    file.set_attr("/", "experiment", "04_train_sft");
-    file.set_attr("/", "recipe", Experiment::describe());
-    file.set_attr("/", "budget", static_cast<std::int64_t>(policy.count()));
-    file.set_attr("/", "tie", plan.strategy.describe());
+    auto file = cli::open_run_file(run, "04_train_sft", identity, Experiment::describe(), policy.count(), plan.strategy.describe());
     file.set_attr("/", "lr", static_cast<double>(s.lr));
 
     policy.set_enabled(false);

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -65,6 +66,21 @@ Closeness all_close(A const& got, B const& want, double rtol, double atol) {
     }
   }
   return c;
+}
+
+/// ||g - g_fd|| / (||g|| + ||g_fd||) (mlpack's relative gradient error): a gradient against its
+/// finite-difference estimate.
+template <class A, class B>
+double relative_error(A const& g, B const& fd) {
+  REQUIRE(static_cast<std::size_t>(g.size()) == static_cast<std::size_t>(fd.size()));
+  double num = 0, a = 0, b = 0;
+  for (std::size_t i = 0; i < static_cast<std::size_t>(g.size()); ++i) {
+    double const x = g[i], y = fd[i];
+    num += (x - y) * (x - y);
+    a += x * x;
+    b += y * y;
+  }
+  return std::sqrt(num) / std::max(1e-30, std::sqrt(a) + std::sqrt(b));
 }
 
 }  // namespace tinylora::test

@@ -15,6 +15,7 @@
 #include "tinylora/data/qa.hpp"
 #include "tinylora/io/hdf5.hpp"
 #include "tinylora/train/evaluate.hpp"
+#include "tinylora/train/loop.hpp"
 
 namespace tinylora::cli {
 
@@ -81,6 +82,20 @@ inline std::vector<data::QaExample> load_train(TrainRunOptions const& o) {
 }
 inline std::vector<data::QaExample> load_eval(TrainRunOptions const& o) {
   return data::load_qa_jsonl(o.eval_data, {o.question_field, o.answer_field, o.eval_offset, o.eval_limit, false, o.seed});
+}
+
+/// The run's result file, opened for resuming (created if missing): a file made with another identity
+/// is refused; the root attributes say which experiment, recipe, budget and tie plan wrote it.
+inline io::ResultFile open_run_file(TrainRunOptions const& o, std::string const& program, std::string const& identity,
+                                    std::string const& recipe, Index budget, std::string const& tie) {
+  std::filesystem::create_directories(std::filesystem::absolute(o.out).parent_path());
+  auto file = io::ResultFile::open_or_create_resumable(o.out);
+  train::check_run_identity(file, identity, program, o.out);
+  file.set_attr("/", "experiment", program);
+  file.set_attr("/", "recipe", recipe);
+  file.set_attr("/", "budget", static_cast<std::int64_t>(budget));
+  file.set_attr("/", "tie", tie);
+  return file;
 }
 
 /// Greedy pass@1 on the held-out examples, stored under `group`; done once: a resumed run reads it back.

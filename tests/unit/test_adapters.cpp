@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../adapter_matrix.hpp"
 #include "../support.hpp"
 #include "tinylora/adapters/adapters.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
@@ -103,39 +104,13 @@ constexpr double fd_tolerance() {
   return std::is_same_v<P, precision::Fp32> ? 1e-4 : 1e-3;
 }
 
-/// ||g - g_fd|| / (||g|| + ||g_fd||): mlpack's relative gradient error.
-double relative_error(std::vector<float> const& g, std::vector<double> const& fd) {
-  double num = 0, a = 0, b = 0;
-  for (std::size_t i = 0; i < g.size(); ++i) {
-    num += (g[i] - fd[i]) * (g[i] - fd[i]);
-    a += double{g[i]} * g[i];
-    b += fd[i] * fd[i];
-  }
-  return std::sqrt(num) / std::max(1e-30, std::sqrt(a) + std::sqrt(b));
-}
 
-using AllAdapters = TypeList<adapters::TinyLora<adapters::Paper>, adapters::TinyLora<adapters::Reference>,
-                             adapters::TinyLora<adapters::Peft>, adapters::TinyLora<adapters::Fork>,
-                             adapters::LoraXs, adapters::Lora, adapters::Full>;
-using AllTies = TypeList<tying::Untied, tying::Tiling, tying::Structured, tying::All, tying::PeftRatio>;
+using test::AllAdapters;
+using test::AllTies;
+using test::make_adapter;
+using test::make_tie;
+using test::relative_error;
 using AllPrecisions = TypeList<precision::Fp32, precision::Bf16, precision::Fp16>;
-
-template <class A>
-A make_adapter(std::uint64_t seed) {
-  A a{};
-  if constexpr (requires { a.u; }) a.u = 2;  // exercise u > 1
-  if constexpr (requires { a.r; }) a.r = 2;
-  if constexpr (requires { a.seed; }) a.seed = seed;
-  return a;
-}
-
-template <class T>
-T make_tie() {
-  if constexpr (std::is_same_v<T, tying::Tiling>) return T{3};
-  else if constexpr (std::is_same_v<T, tying::Structured>) return T{2};
-  else if constexpr (std::is_same_v<T, tying::PeftRatio>) return T{0.5};
-  else return T{};
-}
 
 }  // namespace
 

@@ -336,6 +336,8 @@ TEST_CASE("PEFT TinyLoRA fixtures: adapter files written by PEFT have the shapes
     ++cases;
     auto const sidecar = read_json(entry.path());
     auto const model_name = stem.substr(std::string("model_").size(), stem.find("_tinylora_") - 6);
+    // SmolLM2's fixtures come from its GGUF (no Hugging Face folder here); test_peft_parity checks them.
+    if (!fs::exists(fixtures() / model_name / "config.json")) continue;
     auto const config = HfModelDir::open(fixtures() / model_name).decoder_config();
     auto const r = sidecar.at("peft_config").at("r").get<std::int64_t>();
     auto const u = sidecar.at("peft_config").at("u").get<std::int64_t>();

@@ -169,8 +169,7 @@ class GrpoTrainer {
       prompts_.push_back(tok.encode(data::render_prompt(o.format, ex.question), true));
       answers_.push_back(data::gsm8k_reference_answer(ex.answer));
     }
-    steps_per_epoch_ = static_cast<Index>(train.size()) / o.prompts_per_step;
-    total_ = o.max_steps > 0 ? std::min(o.max_steps, steps_per_epoch_ * o.epochs) : steps_per_epoch_ * o.epochs;
+    total_ = planned_steps(train.size(), o.prompts_per_step, o.epochs, o.max_steps);
     schedule_ = optim::LrSchedule::with_warmup_fraction(o.lr, o.warmup_fraction, total_);
     policy_.set_theta(trainable_.theta());
   }
@@ -184,15 +183,8 @@ class GrpoTrainer {
     policy_.set_theta(trainable_.theta());
   }
 
-  /// The examples of step s: epoch e = s / steps_per_epoch reads a permutation keyed by (seed, e).
-  std::vector<Index> prompt_indices(Index s) const {
-    Index const epoch = s / steps_per_epoch_, pos = s % steps_per_epoch_;
-    std::vector<Index> order(prompts_.size());
-    std::iota(order.begin(), order.end(), Index{0});
-    CounterRng const rng(o_.seed, streams::of(streams::kData, 1000 + static_cast<std::uint64_t>(epoch)));
-    for (std::size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng.bits64(i) % (i + 1)]);
-    return {order.begin() + pos * o_.prompts_per_step, order.begin() + (pos + 1) * o_.prompts_per_step};
-  }
+  /// The examples of step s (epoch by epoch, each in its own seeded order).
+  std::vector<Index> prompt_indices(Index s) const { return epoch_batch(o_.seed, 1000, prompts_.size(), o_.prompts_per_step, s); }
 
   /// What one mini-batch update measured: the loss, the pre-clip gradient norm, KL and clip counts.
   struct Update {
@@ -408,7 +400,7 @@ class GrpoTrainer {
   optim::Trainable<P, O> trainable_;
   std::vector<std::vector<std::int32_t>> prompts_;  // tokenized chat prompts
   std::vector<std::string> answers_;                // reference final answers
-  Index steps_per_epoch_ = 0, total_ = 0;
+  Index total_ = 0;
   optim::LrSchedule schedule_;
 };
 

@@ -5,18 +5,21 @@
 // never stopped: every random draw is keyed by (seed, step), never by how far a process has got.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "tinylora/core/error.hpp"
+#include "tinylora/core/rng.hpp"
 #include "tinylora/io/checkpoint.hpp"
 #include "tinylora/io/hdf5.hpp"
 #include "tinylora/optim/trainable.hpp"
@@ -66,6 +69,27 @@ class TrainLog {
   std::optional<io::ResumableGrid> theta_;
   std::map<std::string, io::ResumableGrid> series_;
 };
+
+/// The items of step s when n items are read `batch` at a time, epoch after epoch, each epoch in
+/// its own seeded permutation (Fisher-Yates keyed by (seed, stream_base + epoch)): a step's data
+/// depends on (seed, s) alone, so a resumed run reads what an uninterrupted one would.
+inline std::vector<Index> epoch_batch(std::uint64_t seed, std::uint64_t stream_base, std::size_t n, Index batch, Index s) {
+  Index const steps_per_epoch = static_cast<Index>(n) / batch;
+  TINYLORA_CHECK(steps_per_epoch >= 1, "epoch_batch(): ", n, " items do not fill one batch of ", batch);
+  Index const epoch = s / steps_per_epoch, pos = s % steps_per_epoch;
+  std::vector<Index> order(n);
+  std::iota(order.begin(), order.end(), Index{0});
+  CounterRng const rng(seed, streams::of(streams::kData, stream_base + static_cast<std::uint64_t>(epoch)));
+  for (std::size_t i = n - 1; i > 0; --i) std::swap(order[i], order[rng.bits64(i) % (i + 1)]);
+  return {order.begin() + pos * batch, order.begin() + (pos + 1) * batch};
+}
+
+/// Steps of a run over n items, `batch` per step: whole batches only, `epochs` times, capped by
+/// max_steps when it is > 0.
+inline Index planned_steps(std::size_t n, Index batch, Index epochs, Index max_steps) {
+  Index const all = static_cast<Index>(n) / batch * epochs;
+  return max_steps > 0 ? std::min(max_steps, all) : all;
+}
 
 /// theta's fp32 master and the optimizer's state into a checkpoint, and back.
 template <class P, class O>

@@ -39,8 +39,7 @@ class SftTrainer {
     TINYLORA_CHECK(o.batch_size >= 1 && o.micro_batch >= 1 && o.epochs >= 1, "SftTrainer: batch_size, micro_batch and epochs must be >= 1");
     TINYLORA_CHECK(static_cast<Index>(examples_.size()) >= o.batch_size, "SftTrainer: ", examples_.size(),
                    " examples are fewer than one batch of ", o.batch_size, ". Hint: lower --batch or give more data.");
-    steps_per_epoch_ = static_cast<Index>(examples_.size()) / o.batch_size;
-    total_ = o.max_steps > 0 ? std::min(o.max_steps, steps_per_epoch_ * o.epochs) : steps_per_epoch_ * o.epochs;
+    total_ = planned_steps(examples_.size(), o.batch_size, o.epochs, o.max_steps);
     schedule_ = optim::LrSchedule::with_warmup_fraction(o.lr, o.warmup_fraction, total_);
     policy_.set_theta(trainable_.theta());
   }
@@ -53,15 +52,8 @@ class SftTrainer {
     policy_.set_theta(trainable_.theta());
   }
 
-  /// The examples of step s: epoch e = s / steps_per_epoch reads a permutation keyed by (seed, e).
-  std::vector<Index> batch_indices(Index s) const {
-    Index const epoch = s / steps_per_epoch_, pos = s % steps_per_epoch_;
-    std::vector<Index> order(examples_.size());
-    std::iota(order.begin(), order.end(), Index{0});
-    CounterRng const rng(o_.seed, streams::of(streams::kData, 2000 + static_cast<std::uint64_t>(epoch)));
-    for (std::size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng.bits64(i) % (i + 1)]);
-    return {order.begin() + pos * o_.batch_size, order.begin() + (pos + 1) * o_.batch_size};
-  }
+  /// The examples of step s (epoch by epoch, each in its own seeded order).
+  std::vector<Index> batch_indices(Index s) const { return epoch_batch(o_.seed, 2000, examples_.size(), o_.batch_size, s); }
 
   Metrics step(Index s) {
     policy_.set_enabled(true);
@@ -105,7 +97,7 @@ class SftTrainer {
   std::vector<data::SupervisedExample> examples_;
   SftOptions o_;
   optim::Trainable<P, O> trainable_;
-  Index steps_per_epoch_ = 0, total_ = 0;
+  Index total_ = 0;
   optim::LrSchedule schedule_;
 };
 

@@ -1,0 +1,36 @@
+// tests/adapter_matrix.hpp: every adapter kind and tie strategy as type lists, with small instances
+// of each (u = 2 and r = 2 where they apply), for the tests that run the whole adapter x tie matrix.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "tinylora/adapters/adapters.hpp"
+#include "tinylora/core/type_list.hpp"
+#include "tinylora/tying/strategies.hpp"
+
+namespace tinylora::test {
+
+using AllAdapters = TypeList<adapters::TinyLora<adapters::Paper>, adapters::TinyLora<adapters::Reference>,
+                             adapters::TinyLora<adapters::Peft>, adapters::TinyLora<adapters::Fork>, adapters::LoraXs, adapters::Lora,
+                             adapters::Full>;
+using AllTies = TypeList<tying::Untied, tying::Tiling, tying::Structured, tying::All, tying::PeftRatio>;
+
+template <class A>
+A make_adapter(std::uint64_t seed) {
+  A a{};
+  if constexpr (requires { a.u; }) a.u = 2;  // exercise u > 1
+  if constexpr (requires { a.r; }) a.r = 2;
+  if constexpr (requires { a.seed; }) a.seed = seed;
+  return a;
+}
+
+template <class T>
+T make_tie() {
+  if constexpr (std::is_same_v<T, tying::Tiling>) return T{3};
+  else if constexpr (std::is_same_v<T, tying::Structured>) return T{2};
+  else if constexpr (std::is_same_v<T, tying::PeftRatio>) return T{0.5};
+  else return T{};
+}
+
+}  // namespace tinylora::test
