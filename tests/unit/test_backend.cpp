@@ -1,11 +1,15 @@
 // The CPU backend's primitives against plain loops: gemm for every transpose combination and
-// operand precision, add with rounding, fill, upload/download.
+// operand precision (both its paths: Eigen for thin products, OpenBLAS when built with it), add with
+// rounding, fill, upload/download; and the coarse-grained threading helpers of core/parallel.hpp.
 #include <doctest/doctest.h>
 
+#include <array>
+#include <cmath>
 #include <vector>
 
 #include "../support.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
+#include "tinylora/core/parallel.hpp"
 
 using namespace tinylora;
 using backend::Cpu;
@@ -31,12 +35,11 @@ std::vector<double> gemm_reference(Op oa, Op ob, double alpha, ConstMatrixView<T
 }
 
 template <class TA, class TB>
-void check_gemm(std::uint64_t seed) {
-  Index const m = 7, n = 5, k = 9;
+void check_gemm(std::uint64_t seed, Index m, Index n, Index k) {
   for (Op oa : {Op::N, Op::T})
     for (Op ob : {Op::N, Op::T}) {
       INFO("opA " << (oa == Op::N ? "N" : "T") << ", opB " << (ob == Op::N ? "N" : "T") << ", " << type_name<TA> << " x "
-                  << type_name<TB>);
+                  << type_name<TB> << ", (m, n, k) = (" << m << ", " << n << ", " << k << ")");
       auto const a32 = test::normal_vector(static_cast<std::size_t>(m * k), seed, 1);
       auto const b32 = test::normal_vector(static_cast<std::size_t>(k * n), seed, 2);
       std::vector<TA> a(a32.size());
@@ -56,10 +59,14 @@ void check_gemm(std::uint64_t seed) {
 
 TEST_CASE("Cpu::gemm matches the triple loop for every transpose and operand precision") {
   auto const seed = test::seed(5);
-  check_gemm<float, float>(seed);
-  check_gemm<float, bf16>(seed);
-  check_gemm<bf16, float>(seed);
-  check_gemm<fp16, bf16>(seed);
+  MESSAGE("GEMM library: " << Cpu::gemm_library);
+  // (7, 5, 9) is a thin product (Eigen's path); (37, 19, 23) is above the BLAS threshold.
+  for (auto [m, n, k] : {std::array<Index, 3>{7, 5, 9}, std::array<Index, 3>{37, 19, 23}}) {
+    check_gemm<float, float>(seed, m, n, k);
+    check_gemm<float, bf16>(seed, m, n, k);
+    check_gemm<bf16, float>(seed, m, n, k);
+    check_gemm<fp16, bf16>(seed, m, n, k);
+  }
 }
 
 TEST_CASE("Cpu::gemm with beta = 0 never reads C, and works on strided sub-blocks") {
@@ -77,6 +84,62 @@ TEST_CASE("Cpu::gemm with beta = 0 never reads C, and works on strided sub-block
       CHECK(C[static_cast<std::size_t>(i * 5 + 1 + j)] == doctest::Approx(want).epsilon(1e-6));
     }
   }
+}
+
+TEST_CASE("Cpu::gemm with beta = 0 on a NaN-filled strided block, above the BLAS threshold") {
+  auto const seed = test::seed(7);
+  Index const m = 12, n = 10, k = 16, ld = 13;
+  auto const a = test::normal_vector(static_cast<std::size_t>(m * k), seed, 1);  // (m, k)
+  auto const b = test::normal_vector(static_cast<std::size_t>(n * k), seed, 2);  // (n, k), used transposed
+  std::vector<float> C(static_cast<std::size_t>(m * ld), NAN);                    // (m, n) block inside (m, ld)
+  Cpu::gemm(Op::N, Op::T, 2.0f, ConstMatrixView<float>{a.data(), m, k}, ConstMatrixView<float>{b.data(), n, k}, 0.0f,
+            MatrixView<float>{C.data() + 2, m, n, ld});
+  for (Index i = 0; i < m; ++i)
+    for (Index j = 0; j < ld; ++j) {
+      float const got = C[static_cast<std::size_t>(i * ld + j)];
+      if (j < 2 || j >= 2 + n) {
+        CHECK(std::isnan(got));  // outside the block: untouched
+        continue;
+      }
+      double want = 0;
+      for (Index p = 0; p < k; ++p)
+        want += double{a[static_cast<std::size_t>(i * k + p)]} * b[static_cast<std::size_t>((j - 2) * k + p)];
+      CHECK(got == doctest::Approx(2.0 * want).epsilon(1e-5));
+    }
+}
+
+TEST_CASE("parallel::balanced_ranges: hand-computed cuts") {
+  auto const cuts = [](std::vector<double> const& cost, int parts) {
+    return parallel::balanced_ranges(static_cast<Index>(cost.size()), parts,
+                                     [&](Index i) { return cost[static_cast<std::size_t>(i)]; });
+  };
+  CHECK(cuts({1, 1, 1, 1}, 2) == std::vector<Index>{0, 2, 4});
+  CHECK(cuts({10, 1, 1, 1}, 2) == std::vector<Index>{0, 1, 4});   // the long item alone
+  CHECK(cuts({1, 1, 1, 10}, 2) == std::vector<Index>{0, 3, 4});
+  CHECK(cuts({1, 2, 3, 4, 5, 6}, 3) == std::vector<Index>{0, 3, 5, 6});  // shares 6 | 9 | 6 of 21
+  CHECK(cuts({5}, 2) == std::vector<Index>{0, 1});                  // never an empty range
+  CHECK(cuts({1, 1, 1}, 5) == std::vector<Index>{0, 1, 2, 3});
+  CHECK(cuts({0, 0, 0, 0}, 2) == std::vector<Index>{0, 1, 4});      // zero cost: still non-empty
+  CHECK(cuts({}, 2) == std::vector<Index>{0});
+  CHECK(cuts({3, 3}, 1) == std::vector<Index>{0, 2});
+}
+
+TEST_CASE("parallel::run_parts runs every part once and rethrows a part's error after all finish") {
+  std::vector<int> ran(4, 0);
+  parallel::run_parts(4, [&](Index p) { ran[static_cast<std::size_t>(p)] += 1; });
+  CHECK(ran == std::vector<int>{1, 1, 1, 1});
+  std::vector<int> done(3, 0);
+  CHECK_THROWS_WITH_AS(parallel::run_parts(3,
+                                           [&](Index p) {
+                                             done[static_cast<std::size_t>(p)] = 1;
+                                             if (p == 1) fail("part 1 failed");
+                                           }),
+                       "part 1 failed", Error);
+  CHECK(done == std::vector<int>{1, 1, 1});
+  // Inside a part there is one thread: nested regions run serially.
+  std::vector<int> inner(2, 0);
+  parallel::run_parts(2, [&](Index p) { inner[static_cast<std::size_t>(p)] = parallel::available_threads(); });
+  CHECK(inner == std::vector<int>{1, 1});
 }
 
 TEST_CASE("Cpu::gemm rejects mismatched shapes") {

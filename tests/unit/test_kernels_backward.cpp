@@ -376,3 +376,36 @@ TEST_CASE("a 1-layer attention block: the chained backward kernels give the inpu
   }
   check_gradient("attention block dx minus residual", own, own_numeric);
 }
+
+// The optimized forwards against their plain versions (kernels.hpp keeps both side by side).
+TEST_CASE("attention_forward in query blocks equals the plain per-query loop (lengths across block edges)") {
+  std::uint64_t const seed = test::seed(111);
+  std::vector<Index> const offsets{0, 1, 8, 78, 213};  // lengths 1, 7, 70, 135
+  Index const n = offsets.back(), heads = 4, kv_heads = 2, hd = 8, wq = heads * hd, wkv = kv_heads * hd;
+  auto const q = test::normal_vector(static_cast<std::size_t>(n * wq), seed, 0, 1.5f);
+  auto const kk = test::normal_vector(static_cast<std::size_t>(n * wkv), seed, 1, 1.5f);
+  auto const v = test::normal_vector(static_cast<std::size_t>(n * wkv), seed, 2);
+  std::vector<float> want(static_cast<std::size_t>(n * wq));
+  k::attention_forward_reference(cview(q, n, wq), cview(kk, n, wkv), cview(v, n, wkv), offsets, heads, kv_heads, hd,
+                                 view(want, n, wq));
+  for (Index block : {Index{1}, Index{4}, Index{64}, Index{1000}}) {
+    INFO("row_block " << block);
+    std::vector<float> got(want.size(), NAN);
+    k::attention_forward(cview(q, n, wq), cview(kk, n, wkv), cview(v, n, wkv), offsets, heads, kv_heads, hd,
+                         view(got, n, wq), block);
+    TINYLORA_CHECK_CLOSE(got, widen(want), 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("cross_entropy_forward (vectorized float exps) is within 1e-6 of the all-double reference") {
+  std::uint64_t const seed = test::seed(112);
+  Index const m = 5, V = 49152;  // SmolLM2's vocabulary width; logits spread like a real LM head's
+  auto logits = test::normal_vector(static_cast<std::size_t>(m * V), seed, 0, 8.0f);
+  std::vector<std::int32_t> const targets{0, 17, 49151, 20000, 3};
+  auto const want = k::cross_entropy_forward_reference(view(logits, m, V), targets);
+  auto const got = k::cross_entropy_forward(view(logits, m, V), targets);
+  for (Index t = 0; t < m; ++t) {
+    INFO("row " << t << ": " << got[static_cast<std::size_t>(t)] << " vs " << want[static_cast<std::size_t>(t)]);
+    CHECK(std::abs(got[static_cast<std::size_t>(t)] - want[static_cast<std::size_t>(t)]) <= 1e-6 * std::abs(want[static_cast<std::size_t>(t)]));
+  }
+}

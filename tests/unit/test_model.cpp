@@ -3,6 +3,9 @@
 // sampling. Comparisons with transformers' logits live in test_model_reference.cpp.
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <memory>
 
@@ -84,6 +87,46 @@ TEST_CASE("the KV-cache decode step gives the full forward's logits") {
     INFO("position " << row << ": max |diff| " << err << " of max |logit| " << scale);
     CHECK(err <= 1e-4 * scale);
   }
+}
+
+TEST_CASE("threading: per-sequence parts give the serial forward's hidden states, decode logits and errors") {
+  auto const* r = real();
+  if (r == nullptr) return;
+  int const saved = omp_get_max_threads();
+  omp_set_num_threads(2);  // two parts whatever the environment says
+  model::PackedBatch batch;
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (char const* q : {"What is 2 + 3?", "Name a colour.", "Count to five, please.", "Hi"}) prompts.push_back(chat_prompt(r->tokenizer, q));
+  for (auto const& p : prompts) batch.add(p);
+  HostMatrix const parallel_h = r->model.hidden_states(batch);        // (n, d) two threads, two sequences each
+  HostMatrix const serial_h = r->model.hidden_states_serial(batch);   // (n, d) one part
+  double const err = (parallel_h - serial_h).cwiseAbs().maxCoeff();
+  INFO("max |diff| " << err << " of max |h| " << serial_h.cwiseAbs().maxCoeff());
+  CHECK(err <= 1e-5 * serial_h.cwiseAbs().maxCoeff());
+  // Decoding 8 rows: two parts of 4 rows against all rows on one thread, from identical caches.
+  Index longest = 0;
+  for (auto const& p : prompts) longest = std::max(longest, static_cast<Index>(p.size()));
+  auto prefill = [&] {
+    auto cache = std::make_unique<model::KvCache>(r->model.config().n_layers, 8, longest + 2, r->model.config().kv_dim());
+    std::vector<Index> const slots{0, 1, 2, 3};
+    (void)r->model.hidden_states(batch, cache.get(), slots);
+    for (Index s = 0; s < 4; ++s) cache->copy_slot(s, s + 4);
+    return cache;
+  };
+  auto split_cache = prefill(), serial_cache = prefill();
+  std::vector<std::int32_t> const tokens{11, 22, 33, 44, 55, 66, 77, 88};
+  std::vector<Index> const slots{0, 1, 2, 3, 4, 5, 6, 7};
+  HostMatrix const split = r->model.decode_step(tokens, slots, *split_cache);    // (8, V)
+  HostMatrix const serial = r->model.decode_rows(tokens, slots, *serial_cache);  // (8, V)
+  double const derr = (split - serial).cwiseAbs().maxCoeff();
+  INFO("decode: max |diff| " << derr << " of max |logit| " << serial.cwiseAbs().maxCoeff());
+  CHECK(derr <= 1e-5 * serial.cwiseAbs().maxCoeff());
+  CHECK(split_cache->length == serial_cache->length);
+  // An error inside one part (a token id outside the vocabulary, in the second part) reaches the caller.
+  model::PackedBatch bad = batch;
+  bad.add(std::vector<std::int32_t>{1, 2, static_cast<std::int32_t>(r->model.config().vocab + 5)});
+  CHECK_THROWS_WITH_AS((void)r->model.hidden_states(bad), doctest::Contains("outside the vocabulary"), Error);
+  omp_set_num_threads(saved);
 }
 
 TEST_CASE("packing: sequences scored together equal sequences scored alone") {

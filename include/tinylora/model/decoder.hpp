@@ -7,8 +7,12 @@
 //   logits = RMSNorm(x) E_head^T  -- computed only at rows where a logit or a loss is needed.
 // Every adapted linear calls the recipe's adapter through LinearAdapters, so the model itself never
 // knows which adapter kind is plugged in.
+// Threading: a batch of several sequences (rows, when decoding) is cut into one part per thread of
+// about equal cost and each thread runs the whole stack on its part (core/parallel.hpp); a single
+// sequence runs each operation in parallel instead. The backward pass is parallel per operation.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <numeric>
 #include <span>
@@ -17,6 +21,7 @@
 #include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/backend/cpu/kernels_backward.hpp"
 #include "tinylora/core/host_matrix.hpp"
+#include "tinylora/core/parallel.hpp"
 #include "tinylora/model/weights.hpp"
 
 namespace tinylora::model {
@@ -43,6 +48,16 @@ struct PackedBatch {
       positions.push_back(static_cast<std::int32_t>(i));
     }
     offsets.push_back(n_tokens());
+  }
+  /// Sequences [s0, s1) as a batch of their own.
+  PackedBatch slice(Index s0, Index s1) const {
+    PackedBatch out;
+    auto const t0 = static_cast<std::size_t>(offsets[static_cast<std::size_t>(s0)]);
+    auto const t1 = static_cast<std::size_t>(offsets[static_cast<std::size_t>(s1)]);
+    out.ids.assign(ids.begin() + static_cast<std::ptrdiff_t>(t0), ids.begin() + static_cast<std::ptrdiff_t>(t1));
+    out.positions.assign(positions.begin() + static_cast<std::ptrdiff_t>(t0), positions.begin() + static_cast<std::ptrdiff_t>(t1));
+    for (Index s = s0 + 1; s <= s1; ++s) out.offsets.push_back(offsets[static_cast<std::size_t>(s)] - static_cast<Index>(t0));
+    return out;
   }
 };
 
@@ -125,6 +140,19 @@ class Decoder {
   /// The final hidden states RMSNorm(x) of every token.   returns (n, d)
   /// With a cache, sequence s's keys and values are also stored in slot slots[s] (prefill).
   HostMatrix hidden_states(PackedBatch const& batch, KvCache* cache = nullptr, std::span<Index const> slots = {}) const {
+    std::vector<Index> const parts = sequence_parts(batch);  // (n_parts + 1) sequence bounds
+    if (parts.size() <= 2) return hidden_states_serial(batch, cache, slots);
+    HostMatrix y(batch.n_tokens(), config_.hidden);  // (n, d)
+    parallel::run_parts(static_cast<Index>(parts.size()) - 1, [&](Index p) {
+      Index const s0 = parts[static_cast<std::size_t>(p)], s1 = parts[static_cast<std::size_t>(p) + 1];
+      HostMatrix const part = hidden_states_serial(batch.slice(s0, s1), cache, cache != nullptr ? slots.subspan(s0, s1 - s0) : slots);
+      y.middleRows(batch.offsets[s0], part.rows()) = part;
+    });
+    return y;
+  }
+
+  /// hidden_states() of the whole batch on the calling thread (each operation may still be parallel).
+  HostMatrix hidden_states_serial(PackedBatch const& batch, KvCache* cache = nullptr, std::span<Index const> slots = {}) const {
     Index const n = batch.n_tokens(), d = config_.hidden;
     HostMatrix x(n, d);  // (n, d) residual stream
     backend::cpu::embedding_forward(w_.embed.view(), batch.ids, view_of(x));
@@ -255,6 +283,23 @@ class Decoder {
   /// One new token per active sequence: token[i] at position cache.length[slots[i]] of slot
   /// slots[i]; its key and value are appended to the cache.   returns logits (n_active, V)
   HostMatrix decode_step(std::span<std::int32_t const> tokens, std::span<Index const> slots, KvCache& cache) const {
+    Index const n = static_cast<Index>(tokens.size());
+    // Parts of at least kMinDecodeRows rows: below that each thread would stream every weight for a
+    // few rows, and splitting each product's weights between threads is faster.
+    constexpr Index kMinDecodeRows = 4;
+    int const threads = static_cast<int>(std::min<Index>(parallel::available_threads(), n / kMinDecodeRows));
+    std::vector<Index> const parts = parallel::balanced_ranges(n, threads, [](Index) { return 1.0; });
+    if (parts.size() <= 2) return decode_rows(tokens, slots, cache);
+    HostMatrix logits(n, config_.vocab);  // (n, V)
+    parallel::run_parts(static_cast<Index>(parts.size()) - 1, [&](Index p) {
+      Index const r0 = parts[static_cast<std::size_t>(p)], r1 = parts[static_cast<std::size_t>(p) + 1];
+      logits.middleRows(r0, r1 - r0) = decode_rows(tokens.subspan(r0, r1 - r0), slots.subspan(r0, r1 - r0), cache);
+    });
+    return logits;
+  }
+
+  /// decode_step() of all rows on the calling thread.   returns logits (n_active, V)
+  HostMatrix decode_rows(std::span<std::int32_t const> tokens, std::span<Index const> slots, KvCache& cache) const {
     namespace k = backend::cpu;
     Index const n = static_cast<Index>(tokens.size()), d = config_.hidden;
     std::vector<std::int32_t> positions(tokens.size());
@@ -337,16 +382,43 @@ class Decoder {
   };
 
   Activations forward_keeping_inputs(PackedBatch const& batch) const {
+    Index const n = batch.n_tokens(), d = config_.hidden;
+    Activations a{std::vector<HostMatrix>(static_cast<std::size_t>(config_.n_layers), HostMatrix(n, d)), HostMatrix(n, d),
+                  HostMatrix(n, d), std::vector<float>(static_cast<std::size_t>(n))};
+    std::vector<Index> const parts = sequence_parts(batch);  // (n_parts + 1) sequence bounds
+    parallel::run_parts(static_cast<Index>(parts.size()) - 1, [&](Index p) {
+      Index const s0 = parts[static_cast<std::size_t>(p)], s1 = parts[static_cast<std::size_t>(p) + 1];
+      forward_keeping_inputs_rows(parts.size() <= 2 ? batch : batch.slice(s0, s1), batch.offsets[s0], a);
+    });
+    return a;
+  }
+
+  /// The forward of a batch whose tokens are rows [row0, row0 + n) of a's matrices.
+  void forward_keeping_inputs_rows(PackedBatch const& batch, Index row0, Activations& a) const {
     namespace k = backend::cpu;
     Index const n = batch.n_tokens(), d = config_.hidden;
-    Activations a{{}, HostMatrix(n, d), HostMatrix(n, d), std::vector<float>(static_cast<std::size_t>(n))};
-    k::embedding_forward(w_.embed.view(), batch.ids, view_of(a.x));
+    HostMatrix x(n, d);  // (n, d) residual stream
+    k::embedding_forward(w_.embed.view(), batch.ids, view_of(x));
     for (int l = 0; l < config_.n_layers; ++l) {
-      a.inputs.push_back(a.x);
-      block_forward(l, batch, a.x, nullptr, {});
+      a.inputs[static_cast<std::size_t>(l)].middleRows(row0, n) = x;
+      block_forward(l, batch, x, nullptr, {});
     }
-    k::rmsnorm_forward(ConstMatrixView<float>(view_of(a.x)), B::data(w_.final_norm), config_.rms_eps, view_of(a.y), a.rstd);
-    return a;
+    a.x.middleRows(row0, n) = x;
+    HostMatrix y(n, d);  // (n, d)
+    k::rmsnorm_forward(ConstMatrixView<float>(view_of(x)), B::data(w_.final_norm), config_.rms_eps, view_of(y),
+                       std::span<float>(a.rstd).subspan(static_cast<std::size_t>(row0), static_cast<std::size_t>(n)));
+    a.y.middleRows(row0, n) = y;
+  }
+
+  /// Sequence bounds of one part per available thread, by the forward's cost: per token every
+  /// projection (~2 |W| flops) plus attention over its prefix (~4 q_dim t flops).   returns (n_parts + 1)
+  std::vector<Index> sequence_parts(PackedBatch const& batch) const {
+    double const per_token = 2.0 * static_cast<double>(2 * config_.hidden * config_.q_dim() + 2 * config_.hidden * config_.kv_dim() +
+                                                       3 * config_.hidden * config_.intermediate);
+    return parallel::balanced_ranges(batch.n_seq(), parallel::available_threads(), [&](Index s) {
+      double const len = static_cast<double>(batch.offsets[s + 1] - batch.offsets[s]);
+      return len * (per_token + 2.0 * static_cast<double>(config_.q_dim()) * len);
+    });
   }
 
   /// dy: dL/dy at the final norm's output (n, d) -> back through the norm and every block.

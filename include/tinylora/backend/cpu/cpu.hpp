@@ -1,9 +1,15 @@
-// tinylora/backend/cpu/cpu.hpp: the CPU backend: std::vector storage, Eigen products, OpenMP.
-// Products with a 16-bit operand widen that operand to float in blocks, then call Eigen's GEMM,
-// so every product accumulates in fp32 as the precision policies require.
+// tinylora/backend/cpu/cpu.hpp: the CPU backend: std::vector storage, fp32 GEMM, OpenMP.
+// The GEMM is OpenBLAS's sgemm (its OpenMP build, sharing our thread pool) when the build found it
+// (TINYLORA_HAS_OPENBLAS), else Eigen's product: the plain version, kept as the reference. Products
+// with a 16-bit operand widen that operand to float first, so every product accumulates in fp32
+// as the precision policies require.
 #pragma once
 
 #include <Eigen/Core>
+
+#if defined(TINYLORA_HAS_OPENBLAS)
+#include <cblas.h>
+#endif
 
 #include <algorithm>
 #include <span>
@@ -18,6 +24,12 @@ namespace tinylora::backend {
 
 struct Cpu {
   static constexpr std::string_view name = "cpu";
+#if defined(TINYLORA_HAS_OPENBLAS)
+  static constexpr std::string_view gemm_library = "openblas-openmp";
+  static constexpr Index kBlasMinSide = 8;  // smaller m or n: Eigen's product
+#else
+  static constexpr std::string_view gemm_library = "eigen";
+#endif
 
   template <class T>
   using Buffer = std::vector<T>;
@@ -80,6 +92,26 @@ struct Cpu {
     using B_t = std::remove_const_t<TB>;
     ConstMatrixView<A_t> const a_view = A;
     ConstMatrixView<B_t> const b_view = B;
+#if defined(TINYLORA_HAS_OPENBLAS)
+    // Products with only a few rows or columns (decoding one token, the adapters' rank-r factors)
+    // stay with Eigen: OpenBLAS packs both operands even for one row and is 2-3x slower there.
+    if (m >= kBlasMinSide && n >= kBlasMinSide && k > 0) {
+      if constexpr (std::is_same_v<A_t, float> && std::is_same_v<B_t, float>) {
+        sgemm(op_a, op_b, m, n, k, alpha, a_view.data, a_view.ld, b_view.data, b_view.ld, beta, C);
+      } else {
+        RowMajor widened_a, widened_b;
+        float const* a = nullptr;
+        float const* b = nullptr;
+        Index lda = 0, ldb = 0;
+        if constexpr (std::is_same_v<A_t, float>) a = a_view.data, lda = a_view.ld;
+        else widened_a = widen(a_view), a = widened_a.data(), lda = widened_a.cols();
+        if constexpr (std::is_same_v<B_t, float>) b = b_view.data, ldb = b_view.ld;
+        else widened_b = widen(b_view), b = widened_b.data(), ldb = widened_b.cols();
+        sgemm(op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, C);
+      }
+      return;
+    }
+#endif
     if constexpr (std::is_same_v<A_t, float> && std::is_same_v<B_t, float>) {
       gemm_float(op_a, op_b, alpha, eigen(a_view), eigen(b_view), beta, C);
     } else if constexpr (std::is_same_v<A_t, float>) {
@@ -109,6 +141,19 @@ struct Cpu {
   }
 
  private:
+#if defined(TINYLORA_HAS_OPENBLAS)
+  /// Row-major sgemm. With beta == 0 C is first zeroed, so NaN in C never reaches the result (the
+  /// concept's contract; BLAS implementations differ on it).
+  static void sgemm(Op op_a, Op op_b, Index m, Index n, Index k, float alpha, float const* A, Index lda, float const* B,
+                    Index ldb, float beta, MatrixView<float> C) {
+    if (beta == 0.0f) fill(C, 0.0f);
+    auto const trans = [](Op op) { return op == Op::N ? CblasNoTrans : CblasTrans; };
+    cblas_sgemm(CblasRowMajor, trans(op_a), trans(op_b), static_cast<blasint>(m), static_cast<blasint>(n),
+                static_cast<blasint>(k), alpha, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta,
+                C.data, static_cast<blasint>(C.ld));
+  }
+#endif
+
   template <class MA, class MB>
   static void gemm_float(Op op_a, Op op_b, float alpha, MA const& a, MB const& b, float beta, MatrixView<float> C) {
     Map c = eigen(C);

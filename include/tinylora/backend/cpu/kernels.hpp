@@ -77,6 +77,8 @@ inline void rope_forward(MatrixView<float> x, std::span<std::int32_t const> posi
   }
 }
 
+inline void softmax_prefix(float* row, Index valid, Index cols);
+
 /// P = softmax over each row i of (Q K^T * scale) restricted to columns j <= i (causal); the masked
 /// upper triangle is 0. Shared by attention_forward and attention_backward (which recomputes P).
 ///   Q, K: (len, hd), P: (len, len) resized here
@@ -85,24 +87,56 @@ void causal_softmax(MQ const& Q, MK const& K, float scale, RowMajor& P) {
   Index const len = Q.rows();
   P.resize(len, len);
   P.noalias() = (Q * K.transpose()) * scale;
-  for (Index i = 0; i < len; ++i) {
-    float* row = P.data() + i * len;
-    float const m = *std::max_element(row, row + i + 1);
-    float sum = 0;
-    for (Index j = 0; j <= i; ++j) sum += (row[j] = std::exp(row[j] - m));
-    float const inv = 1.0f / sum;
-    for (Index j = 0; j <= i; ++j) row[j] *= inv;
-    std::fill(row + i + 1, row + len, 0.0f);
-  }
+  for (Index i = 0; i < len; ++i) softmax_prefix(P.data() + i * len, i + 1, len);
+}
+
+/// row[0, valid) = softmax(row[0, valid)); row[valid, cols) = 0. Vectorized exp (Eigen's, ~1 ulp).
+inline void softmax_prefix(float* row, Index valid, Index cols) {
+  Eigen::Map<Eigen::ArrayXf> z(row, valid);
+  float const m = z.maxCoeff();
+  z = (z - m).exp();
+  z *= 1.0f / z.sum();
+  std::fill(row + valid, row + cols, 0.0f);
+}
+
+/// The plain version of attention_forward below: one query row, one key at a time.
+inline void attention_forward_reference(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
+                                        std::span<Index const> offsets, int n_heads, int n_kv_heads, Index head_dim,
+                                        MatrixView<float> out) {
+  int const group = n_heads / n_kv_heads;
+  float const scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (std::size_t s = 0; s + 1 < offsets.size(); ++s)
+    for (Index t = offsets[s]; t < offsets[s + 1]; ++t)
+      for (int h = 0; h < n_heads; ++h) {
+        int const g = h / group;
+        std::vector<double> p;  // (t - begin + 1) scores, then weights
+        for (Index u = offsets[s]; u <= t; ++u) {
+          double dot = 0;
+          for (Index j = 0; j < head_dim; ++j) dot += double{q(t, h * head_dim + j)} * k(u, g * head_dim + j);
+          p.push_back(dot * scale);
+        }
+        double const m = *std::max_element(p.begin(), p.end());
+        double sum = 0;
+        for (double& x : p) sum += (x = std::exp(x - m));
+        for (Index j = 0; j < head_dim; ++j) {
+          double acc = 0;
+          for (Index u = offsets[s]; u <= t; ++u) acc += p[static_cast<std::size_t>(u - offsets[s])] / sum * v(u, g * head_dim + j);
+          out(t, h * head_dim + j) = static_cast<float>(acc);
+        }
+      }
 }
 
 /// Causal grouped-query attention over packed sequences. Sequence s owns rows
 /// [offsets[s], offsets[s+1]) of q, k, v, out; query head h reads key/value head h / (H / H_kv).
 ///   out[t, h] = sum_{u <= t, same sequence} softmax_u(q[t,h] . k[u,g] / sqrt(hd)) v[u,g]
+/// Queries go in blocks of row_block rows; a block only scores the keys up to its last row, so the
+/// masked upper triangle is (mostly) never computed: at 512 tokens and 64-row blocks, 56 % of the
+/// full (len, len) products.
 ///   q, out: (n, H hd), k, v: (n, H_kv hd), offsets: (n_seq + 1)
 inline void attention_forward(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
                               std::span<Index const> offsets, int n_heads, int n_kv_heads, Index head_dim,
-                              MatrixView<float> out) {
+                              MatrixView<float> out, Index row_block = 64) {
+  TINYLORA_CHECK(row_block > 0, "attention_forward(): row_block must be positive (got ", row_block, ")");
   int const group = n_heads / n_kv_heads;
   float const scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   Index const n_seq = static_cast<Index>(offsets.size()) - 1;
@@ -119,8 +153,13 @@ inline void attention_forward(ConstMatrixView<float> q, ConstMatrixView<float> k
         ConstMap const K(k.data + begin * k.ld + g * head_dim, len, head_dim, Eigen::OuterStride<>(k.ld));
         ConstMap const Vh(v.data + begin * v.ld + g * head_dim, len, head_dim, Eigen::OuterStride<>(v.ld));
         Map O(out.data + begin * out.ld + h * head_dim, len, head_dim, Eigen::OuterStride<>(out.ld));
-        causal_softmax(Q, K, scale, scores);  // (len, len)
-        O.noalias() = scores * Vh;
+        for (Index r0 = 0; r0 < len; r0 += row_block) {
+          Index const rows = std::min(row_block, len - r0), keys = r0 + rows;  // queries [r0, keys) see keys [0, keys)
+          scores.resize(rows, keys);                                           // (rows, keys)
+          scores.noalias() = (Q.middleRows(r0, rows) * K.topRows(keys).transpose()) * scale;
+          for (Index i = 0; i < rows; ++i) softmax_prefix(scores.data() + i * keys, r0 + i + 1, keys);
+          O.middleRows(r0, rows).noalias() = scores * Vh.topRows(keys);
+        }
       }
   }
 }
@@ -169,11 +208,10 @@ inline void attention_decode(ConstMatrixView<float> q, ConstMatrixView<float> ca
 /// out = silu(gate) * up = gate / (1 + exp(-gate)) * up.   gate, up, out: (n, f)
 inline void swiglu_forward(ConstMatrixView<float> gate, ConstMatrixView<float> up, MatrixView<float> out) {
 #pragma omp parallel for if (gate.rows > 16)
-  for (Index t = 0; t < gate.rows; ++t)
-    for (Index j = 0; j < gate.cols; ++j) {
-      float const g = gate(t, j);
-      out(t, j) = g / (1.0f + std::exp(-g)) * up(t, j);
-    }
+  for (Index t = 0; t < gate.rows; ++t) {
+    Eigen::Map<Eigen::ArrayXf const> const g(gate.data + t * gate.ld, gate.cols), u(up.data + t * up.ld, up.cols);  // (f)
+    Eigen::Map<Eigen::ArrayXf>(out.data + t * out.ld, out.cols) = g / (1.0f + (-g).exp()) * u;  // vectorized exp
+  }
 }
 
 /// y[t, :] += bias.   y: (n, m), bias: (m)
@@ -183,17 +221,37 @@ void add_bias(MatrixView<float> y, W const* bias) {
     for (Index j = 0; j < y.cols; ++j) y(t, j) += static_cast<float>(bias[j]);
 }
 
-/// -log softmax(logits)[target] per row, in double; logits (m, V) are left unchanged.
+/// The plain version of cross_entropy_forward: every exp and the sum in double.
+inline std::vector<double> cross_entropy_forward_reference(MatrixView<float> logits, std::span<std::int32_t const> targets) {
+  std::vector<double> nll(static_cast<std::size_t>(logits.rows));
+  for (Index t = 0; t < logits.rows; ++t) {
+    float const* row = logits.data + t * logits.ld;
+    float const m = *std::max_element(row, row + logits.cols);
+    double sum = 0;
+    for (Index j = 0; j < logits.cols; ++j) sum += std::exp(double{row[j]} - m);
+    nll[static_cast<std::size_t>(t)] = m + std::log(sum) - row[targets[static_cast<std::size_t>(t)]];
+  }
+  return nll;
+}
+
+/// log sum_j exp(z[j]) of one row. The exps are Eigen's vectorized float exp, summed in float over
+/// blocks of 256 and in double across blocks: within ~1e-6 relative of an all-double sum.   z: (n)
+inline double log_sum_exp(float const* z, Index n) {
+  constexpr Index kBlock = 256;
+  Eigen::Map<Eigen::ArrayXf const> const row(z, n);  // (n)
+  float const m = row.maxCoeff();
+  double sum = 0;
+  for (Index j = 0; j < n; j += kBlock) sum += (row.segment(j, std::min(kBlock, n - j)) - m).exp().sum();
+  return m + std::log(sum);
+}
+
+/// -log softmax(logits)[target] per row through log_sum_exp; logits (m, V) are left unchanged.
 inline std::vector<double> cross_entropy_forward(MatrixView<float> logits, std::span<std::int32_t const> targets) {
   std::vector<double> nll(static_cast<std::size_t>(logits.rows));
 #pragma omp parallel for
   for (Index t = 0; t < logits.rows; ++t) {
-    float* row = logits.data + t * logits.ld;
-    float const m = *std::max_element(row, row + logits.cols);
-    double sum = 0;
-    for (Index j = 0; j < logits.cols; ++j) sum += std::exp(double{row[j]} - m);
-    double const lse = m + std::log(sum);
-    nll[static_cast<std::size_t>(t)] = lse - row[targets[static_cast<std::size_t>(t)]];
+    float const* row = logits.data + t * logits.ld;
+    nll[static_cast<std::size_t>(t)] = log_sum_exp(row, logits.cols) - row[targets[static_cast<std::size_t>(t)]];
   }
   return nll;
 }

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/core/error.hpp"
 #include "tinylora/core/tensor.hpp"
@@ -169,13 +170,11 @@ inline void cross_entropy_backward(ConstMatrixView<float> z, std::span<std::int3
     std::int32_t const target = targets[static_cast<std::size_t>(t)];
     float const* zr = z.data + t * z.ld;
     float* gr = dlogits.data + t * dlogits.ld;
-    float const m = *std::max_element(zr, zr + z.cols);
-    double sum = 0;
-    for (Index j = 0; j < z.cols; ++j) sum += std::exp(double{zr[j]} - m);
-    double const lse = m + std::log(sum);
-    double const a = double{scale} * (weights.empty() ? 1.0 : double{weights[static_cast<std::size_t>(t)]});
-    for (Index j = 0; j < z.cols; ++j) gr[j] = static_cast<float>(a * std::exp(double{zr[j]} - lse));
-    gr[target] -= static_cast<float>(a);
+    auto const lse = static_cast<float>(log_sum_exp(zr, z.cols));
+    float const a = scale * (weights.empty() ? 1.0f : weights[static_cast<std::size_t>(t)]);
+    // gr = a softmax(z) with Eigen's vectorized exp (in place when gr is z's storage).
+    Eigen::Map<Eigen::ArrayXf>(gr, z.cols) = a * (Eigen::Map<Eigen::ArrayXf const>(zr, z.cols) - lse).exp();
+    gr[target] -= a;
   }
 }
 
@@ -201,11 +200,8 @@ void head_backward(ConstMatrixView<float> dlogits, ConstMatrixView<W> E_head, Ma
   TINYLORA_CHECK(dlogits.cols == E_head.rows && dh.rows == dlogits.rows && dh.cols == E_head.cols,
                  "head_backward(): shape mismatch (dlogits is ", dlogits.rows, "x", dlogits.cols, ", E_head ",
                  E_head.rows, "x", E_head.cols, ", dh ", dh.rows, "x", dh.cols, ")");
-  ConstMap const G(dlogits.data, dlogits.rows, dlogits.cols, Eigen::OuterStride<>(dlogits.ld));  // (m, V)
-  Map dH(dh.data, dh.rows, dh.cols, Eigen::OuterStride<>(dh.ld));                                 // (m, d)
   if constexpr (std::is_same_v<W, float>) {
-    ConstMap const E(E_head.data, E_head.rows, E_head.cols, Eigen::OuterStride<>(E_head.ld));  // (V, d)
-    dH.noalias() += G * E;
+    Cpu::gemm(Op::N, Op::N, 1.0f, dlogits, E_head, 1.0f, dh);
   } else {
     constexpr Index kBlock = 4096;  // vocabulary rows widened at a time
     RowMajor E;                     // (block, d)
@@ -214,7 +210,8 @@ void head_backward(ConstMatrixView<float> dlogits, ConstMatrixView<W> E_head, Ma
       E.resize(nv, E_head.cols);
       for (Index v = 0; v < nv; ++v)
         for (Index j = 0; j < E_head.cols; ++j) E(v, j) = static_cast<float>(E_head(v0 + v, j));
-      dH.noalias() += G.middleCols(v0, nv) * E;
+      ConstMatrixView<float> const G{dlogits.data + v0, dlogits.rows, nv, dlogits.ld};  // (m, block) columns of dlogits
+      Cpu::gemm(Op::N, Op::N, 1.0f, G, ConstMatrixView<float>{E.data(), nv, E_head.cols, E_head.cols}, 1.0f, dh);
     }
   }
 }
