@@ -1,0 +1,8 @@
+// cmake/eigen_svd_instances.cpp: the one instantiation of the Eigen SVDs that
+// cmake/eigen_svd_extern.hpp declares extern (see there).
+#include <Eigen/Core>
+#include <Eigen/SVD>
+
+template class Eigen::BDCSVD<Eigen::MatrixXd>;
+template class Eigen::JacobiSVD<Eigen::MatrixXd>;
+template class Eigen::JacobiSVD<Eigen::MatrixXf>;
