@@ -60,8 +60,10 @@ void check_gemm(std::uint64_t seed, Index m, Index n, Index k) {
 TEST_CASE("Cpu::gemm matches the triple loop for every transpose and operand precision") {
   auto const seed = test::seed(5);
   MESSAGE("GEMM library: " << Cpu::gemm_library);
-  // (7, 5, 9) is a thin product (Eigen's path); (37, 19, 23) is above the BLAS threshold.
-  for (auto [m, n, k] : {std::array<Index, 3>{7, 5, 9}, std::array<Index, 3>{37, 19, 23}}) {
+  // (m, n, k): thin products (the adapters' rank-r factors: the loops of Cpu::gemm_thin_columns and
+  // gemm_thin_rows, or Eigen), a small square one, and one above the BLAS threshold.
+  for (auto [m, n, k] : {std::array<Index, 3>{7, 5, 9}, std::array<Index, 3>{37, 19, 23}, std::array<Index, 3>{37, 2, 23},
+                         std::array<Index, 3>{2, 19, 37}, std::array<Index, 3>{3, 2, 600}, std::array<Index, 3>{300, 2, 700}}) {
     check_gemm<float, float>(seed, m, n, k);
     check_gemm<float, bf16>(seed, m, n, k);
     check_gemm<bf16, float>(seed, m, n, k);

@@ -52,7 +52,10 @@ TEST_CASE("SFT on the tiny Llama: micro-batching is exact, the loss falls, a res
     trainer.step(1);
     thetas.push_back(trainer.theta());
   }
-  for (std::size_t k = 0; k < thetas[0].size(); ++k) CHECK(thetas[0][k] == doctest::Approx(thetas[1][k]).epsilon(1e-5).scale(1e-7));
+  // Equal up to rounding: one sequence per pass vs three split between threads run different GEMM
+  // shapes (gradients differ at ~1e-6 relative), and AdamW's normalised second step amplifies that
+  // to ~2e-5 in theta. A wrong accumulation (normalizer, missing micro-batch) is off by O(1).
+  for (std::size_t k = 0; k < thetas[0].size(); ++k) CHECK(thetas[0][k] == doctest::Approx(thetas[1][k]).epsilon(1e-4).scale(1e-7));
 
   // Ten steps on one repeated batch of 6 lower its loss; a restored trainer repeats step 5 exactly.
   auto net = Net::load(dir);

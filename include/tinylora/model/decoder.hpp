@@ -22,6 +22,7 @@
 #include "tinylora/backend/cpu/kernels_backward.hpp"
 #include "tinylora/core/host_matrix.hpp"
 #include "tinylora/core/parallel.hpp"
+#include "tinylora/core/profile.hpp"
 #include "tinylora/model/weights.hpp"
 
 namespace tinylora::model {
@@ -272,11 +273,15 @@ class Decoder {
   HostMatrix linear(int layer, Proj p, HostMatrix const& X) const {
     auto const& L = w_.layers[static_cast<std::size_t>(layer)];
     auto const& m = L.proj[static_cast<int>(p)];
+    int const pi = static_cast<int>(p);
+    TINYLORA_PROFILE_SCOPE(kGemmNames[pi]);
     HostMatrix Y(X.rows(), m.rows);
     B::gemm(Op::N, Op::T, 1.0f, view_of(X), m.view(), 0.0f, view_of(Y));
-    int const pi = static_cast<int>(p);
     if (config_.qkv_bias && pi < 3) backend::cpu::add_bias(view_of(Y), B::data(L.qkv_bias[static_cast<std::size_t>(pi)]));
-    if (adapters_ != nullptr) adapters_->apply(layer, p, view_of(X), view_of(Y));
+    if (adapters_ != nullptr) {
+      TINYLORA_PROFILE_SCOPE("adapters (apply)");
+      adapters_->apply(layer, p, view_of(X), view_of(Y));
+    }
     return Y;
   }
 
@@ -300,6 +305,7 @@ class Decoder {
 
   /// decode_step() of all rows on the calling thread.   returns logits (n_active, V)
   HostMatrix decode_rows(std::span<std::int32_t const> tokens, std::span<Index const> slots, KvCache& cache) const {
+    TINYLORA_PROFILE_SCOPE("decode step glue");
     namespace k = backend::cpu;
     Index const n = static_cast<Index>(tokens.size()), d = config_.hidden;
     std::vector<std::int32_t> positions(tokens.size());
@@ -348,6 +354,7 @@ class Decoder {
 
   /// logits = h[rows] E_head^T.   h: (n, d), returns (rows, V)
   HostMatrix head_forward(HostMatrix const& h, std::span<Index const> rows) const {
+    TINYLORA_PROFILE_SCOPE("lm head (GEMM)");
     HostMatrix sel(static_cast<Index>(rows.size()), h.cols());
     for (std::size_t i = 0; i < rows.size(); ++i) sel.row(static_cast<Index>(i)) = h.row(rows[i]);
     HostMatrix logits(sel.rows(), config_.vocab);
@@ -356,6 +363,9 @@ class Decoder {
   }
 
  private:
+  static constexpr char const* kGemmNames[7] = {"W_q (GEMM)", "W_k (GEMM)", "W_v (GEMM)", "W_o (GEMM)",
+                                                "W_gate (GEMM)", "W_up (GEMM)", "W_down (GEMM)"};
+
   /// The rows whose logits predict a supervised token (t - 1 for every supervised t > 0 of a
   /// sequence) and those tokens.   returns (rows, targets), both (m)
   static std::pair<std::vector<Index>, std::vector<std::int32_t>> supervised_targets(
@@ -453,6 +463,7 @@ class Decoder {
 
   /// x += Attention(RoPE(q), RoPE(k), v) W_o^T;  x += SwiGLU(h) W_down^T.   x: (n, d) in place
   void block_forward(int l, PackedBatch const& batch, HostMatrix& x, KvCache* cache, std::span<Index const> slots) const {
+    TINYLORA_PROFILE_SCOPE("block glue (residual adds, cache writes)");
     namespace k = backend::cpu;
     auto const& L = w_.layers[static_cast<std::size_t>(l)];
     Index const n = x.rows(), d = config_.hidden;
@@ -486,13 +497,20 @@ class Decoder {
   /// dX += dY W (frozen W: no gradient of its own) and the adapter's part.   dY: (n, d_out), dX: (n, d_in)
   void linear_backward(int layer, Proj p, HostMatrix const& X, HostMatrix const& dY, HostMatrix& dX) const {
     auto const& m = w_.layers[static_cast<std::size_t>(layer)].proj[static_cast<int>(p)];
-    B::gemm(Op::N, Op::N, 1.0f, view_of(dY), m.view(), 1.0f, view_of(dX));
-    if (adapters_ != nullptr) adapters_->backward(layer, p, view_of(X), view_of(dY), view_of(dX));
+    {
+      TINYLORA_PROFILE_SCOPE("projections backward (GEMM dY W)");
+      B::gemm(Op::N, Op::N, 1.0f, view_of(dY), m.view(), 1.0f, view_of(dX));
+    }
+    if (adapters_ != nullptr) {
+      TINYLORA_PROFILE_SCOPE("adapters (backward)");
+      adapters_->backward(layer, p, view_of(X), view_of(dY), view_of(dX));
+    }
   }
 
   /// Recomputes block l from its input x and back-propagates dx (the gradient w.r.t. its output on
   /// entry, w.r.t. its input on return).   x, dx: (n, d)
   void block_backward(int l, PackedBatch const& batch, HostMatrix const& x, HostMatrix& dx) const {
+    TINYLORA_PROFILE_SCOPE("block backward glue");
     namespace k = backend::cpu;
     auto const& L = w_.layers[static_cast<std::size_t>(l)];
     auto const& c = config_;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tinylora/core/error.hpp"
+#include "tinylora/core/profile.hpp"
 #include "tinylora/core/tensor.hpp"
 
 namespace tinylora::backend::cpu {
@@ -25,6 +26,7 @@ using Map = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
 /// out[t, :] = table[ids[t], :].   table: (V, d), ids: (n), out: (n, d)
 template <class W>
 void embedding_forward(ConstMatrixView<W> table, std::span<std::int32_t const> ids, MatrixView<float> out) {
+  TINYLORA_PROFILE_SCOPE("embedding");
   for (std::size_t t = 0; t < ids.size(); ++t) {
     TINYLORA_CHECK(ids[t] >= 0 && ids[t] < table.rows, "embedding_forward(): token id ", ids[t],
                    " is outside the vocabulary [0, ", table.rows, ")");
@@ -38,6 +40,7 @@ void embedding_forward(ConstMatrixView<W> table, std::span<std::int32_t const> i
 template <class W>
 void rmsnorm_forward(ConstMatrixView<float> x, W const* weight, float eps, MatrixView<float> y,
                      std::span<float> rstd = {}) {
+  TINYLORA_PROFILE_SCOPE("rmsnorm");
 #pragma omp parallel for if (x.rows > 64)
   for (Index t = 0; t < x.rows; ++t) {
     float const* xr = x.data + t * x.ld;
@@ -55,6 +58,7 @@ void rmsnorm_forward(ConstMatrixView<float> x, W const* weight, float eps, Matri
 ///   x: (n, n_heads * hd) rotated in place, positions: (n)
 inline void rope_forward(MatrixView<float> x, std::span<std::int32_t const> positions, int n_heads, Index head_dim,
                          float theta, bool inverse = false) {
+  TINYLORA_PROFILE_SCOPE("rope");
   Index const half = head_dim / 2;
   std::vector<float> inv_freq(static_cast<std::size_t>(half));
   for (Index i = 0; i < half; ++i)
@@ -136,6 +140,7 @@ inline void attention_forward_reference(ConstMatrixView<float> q, ConstMatrixVie
 inline void attention_forward(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
                               std::span<Index const> offsets, int n_heads, int n_kv_heads, Index head_dim,
                               MatrixView<float> out, Index row_block = 64) {
+  TINYLORA_PROFILE_SCOPE("attention");
   TINYLORA_CHECK(row_block > 0, "attention_forward(): row_block must be positive (got ", row_block, ")");
   int const group = n_heads / n_kv_heads;
   float const scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -170,6 +175,7 @@ inline void attention_forward(ConstMatrixView<float> q, ConstMatrixView<float> k
 inline void attention_decode(ConstMatrixView<float> q, ConstMatrixView<float> cache_k, ConstMatrixView<float> cache_v,
                              Index capacity, std::span<Index const> cache_len, std::span<Index const> slots,
                              int n_heads, int n_kv_heads, Index head_dim, MatrixView<float> out) {
+  TINYLORA_PROFILE_SCOPE("attention (decode)");
   int const group = n_heads / n_kv_heads;
   float const scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   Index const n = q.rows;
@@ -207,6 +213,7 @@ inline void attention_decode(ConstMatrixView<float> q, ConstMatrixView<float> ca
 
 /// out = silu(gate) * up = gate / (1 + exp(-gate)) * up.   gate, up, out: (n, f)
 inline void swiglu_forward(ConstMatrixView<float> gate, ConstMatrixView<float> up, MatrixView<float> out) {
+  TINYLORA_PROFILE_SCOPE("swiglu");
 #pragma omp parallel for if (gate.rows > 16)
   for (Index t = 0; t < gate.rows; ++t) {
     Eigen::Map<Eigen::ArrayXf const> const g(gate.data + t * gate.ld, gate.cols), u(up.data + t * up.ld, up.cols);  // (f)
@@ -247,6 +254,7 @@ inline double log_sum_exp(float const* z, Index n) {
 
 /// -log softmax(logits)[target] per row through log_sum_exp; logits (m, V) are left unchanged.
 inline std::vector<double> cross_entropy_forward(MatrixView<float> logits, std::span<std::int32_t const> targets) {
+  TINYLORA_PROFILE_SCOPE("cross-entropy");
   std::vector<double> nll(static_cast<std::size_t>(logits.rows));
 #pragma omp parallel for
   for (Index t = 0; t < logits.rows; ++t) {

@@ -16,6 +16,7 @@
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/core/error.hpp"
+#include "tinylora/core/profile.hpp"
 #include "tinylora/core/tensor.hpp"
 
 namespace tinylora::backend::cpu {
@@ -28,6 +29,7 @@ namespace tinylora::backend::cpu {
 template <class W>
 void rmsnorm_backward(ConstMatrixView<float> x, W const* weight, std::span<float const> rstd, ConstMatrixView<float> dy,
                       MatrixView<float> dx) {
+  TINYLORA_PROFILE_SCOPE("rmsnorm backward");
   TINYLORA_CHECK(static_cast<Index>(rstd.size()) == x.rows && dy.rows == x.rows && dy.cols == x.cols &&
                      dx.rows == x.rows && dx.cols == x.cols,
                  "rmsnorm_backward(): shape mismatch (x is ", x.rows, "x", x.cols, ", rstd has ", rstd.size(),
@@ -53,6 +55,7 @@ void rmsnorm_backward(ConstMatrixView<float> x, W const* weight, std::span<float
 ///   dx: (n, n_heads * hd) rotated in place, positions: (n)
 inline void rope_backward(MatrixView<float> dx, std::span<std::int32_t const> positions, int n_heads, Index head_dim,
                           float theta) {
+  TINYLORA_PROFILE_SCOPE("rope backward");
   TINYLORA_CHECK(static_cast<Index>(positions.size()) == dx.rows && dx.cols >= n_heads * head_dim && head_dim % 2 == 0,
                  "rope_backward(): shape mismatch (dx is ", dx.rows, "x", dx.cols, ", ", positions.size(),
                  " positions, ", n_heads, " heads of ", head_dim, ")");
@@ -71,6 +74,7 @@ inline void attention_backward(ConstMatrixView<float> q, ConstMatrixView<float> 
                                std::span<Index const> offsets, int n_heads, int n_kv_heads, Index head_dim,
                                ConstMatrixView<float> dout, MatrixView<float> dq, MatrixView<float> dk,
                                MatrixView<float> dv) {
+  TINYLORA_PROFILE_SCOPE("attention backward");
   TINYLORA_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention_backward(): ", n_heads,
                  " query heads are not a multiple of ", n_kv_heads, " kv heads");
   TINYLORA_CHECK(!offsets.empty() && offsets.front() >= 0 && offsets.back() <= q.rows, "attention_backward(): offsets (",
@@ -133,6 +137,7 @@ inline void attention_backward(ConstMatrixView<float> q, ConstMatrixView<float> 
 ///   gate, up, dout, dgate, dup: (n, f)
 inline void swiglu_backward(ConstMatrixView<float> gate, ConstMatrixView<float> up, ConstMatrixView<float> dout,
                             MatrixView<float> dgate, MatrixView<float> dup) {
+  TINYLORA_PROFILE_SCOPE("swiglu backward");
   TINYLORA_CHECK(up.rows == gate.rows && up.cols == gate.cols && dout.rows == gate.rows && dout.cols == gate.cols &&
                      dgate.rows == gate.rows && dgate.cols == gate.cols && dup.rows == gate.rows && dup.cols == gate.cols,
                  "swiglu_backward(): shape mismatch (gate is ", gate.rows, "x", gate.cols, ", up ", up.rows, "x", up.cols,
@@ -158,6 +163,7 @@ inline void swiglu_backward(ConstMatrixView<float> gate, ConstMatrixView<float> 
 ///   z, dlogits: (m, V), targets: (m), weights: (m) or empty
 inline void cross_entropy_backward(ConstMatrixView<float> z, std::span<std::int32_t const> targets, float scale,
                                    MatrixView<float> dlogits, std::span<float const> weights = {}) {
+  TINYLORA_PROFILE_SCOPE("cross-entropy backward");
   TINYLORA_CHECK(static_cast<Index>(targets.size()) == z.rows && dlogits.rows == z.rows && dlogits.cols == z.cols &&
                      (weights.empty() || static_cast<Index>(weights.size()) == z.rows),
                  "cross_entropy_backward(): shape mismatch (logits are ", z.rows, "x", z.cols, ", ", targets.size(),
@@ -197,6 +203,7 @@ void head_backward_reference(ConstMatrixView<float> dlogits, ConstMatrixView<W> 
 ///   dlogits: (m, V), E_head: (V, d), dh: (m, d)
 template <class W>
 void head_backward(ConstMatrixView<float> dlogits, ConstMatrixView<W> E_head, MatrixView<float> dh) {
+  TINYLORA_PROFILE_SCOPE("lm head backward (GEMM)");
   TINYLORA_CHECK(dlogits.cols == E_head.rows && dh.rows == dlogits.rows && dh.cols == E_head.cols,
                  "head_backward(): shape mismatch (dlogits is ", dlogits.rows, "x", dlogits.cols, ", E_head ",
                  E_head.rows, "x", E_head.cols, ", dh ", dh.rows, "x", dh.cols, ")");
