@@ -61,9 +61,10 @@ TEST_CASE("Cpu::gemm matches the triple loop for every transpose and operand pre
   auto const seed = test::seed(5);
   MESSAGE("GEMM library: " << Cpu::gemm_library);
   // (m, n, k): thin products (the adapters' rank-r factors: the loops of Cpu::gemm_thin_columns and
-  // gemm_thin_rows, or Eigen), a small square one, and one above the BLAS threshold.
+  // gemm_thin_rows, or Eigen), a small square one, one above the BLAS threshold, and a
+  // matrix-vector-like one whose columns are split between threads (3, 600, 40).
   for (auto [m, n, k] : {std::array<Index, 3>{7, 5, 9}, std::array<Index, 3>{37, 19, 23}, std::array<Index, 3>{37, 2, 23},
-                         std::array<Index, 3>{2, 19, 37}, std::array<Index, 3>{3, 2, 600}, std::array<Index, 3>{300, 2, 700}}) {
+                         std::array<Index, 3>{2, 19, 37}, std::array<Index, 3>{3, 2, 600}, std::array<Index, 3>{300, 2, 700}, std::array<Index, 3>{3, 600, 40}}) {
     check_gemm<float, float>(seed, m, n, k);
     check_gemm<float, bf16>(seed, m, n, k);
     check_gemm<bf16, float>(seed, m, n, k);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <omp.h>
 
 #if defined(TINYLORA_HAS_OPENBLAS)
 #include <cblas.h>
@@ -26,10 +27,10 @@ struct Cpu {
   static constexpr std::string_view name = "cpu";
 #if defined(TINYLORA_HAS_OPENBLAS)
   static constexpr std::string_view gemm_library = "openblas-openmp";
-  static constexpr Index kBlasMinSide = 8;  // smaller m or n: Eigen's product
 #else
   static constexpr std::string_view gemm_library = "eigen";
 #endif
+  static constexpr Index kBlasMinSide = 8;  // smaller m or n: Eigen's product (or the loops below)
   static constexpr Index kThin = 8;  // fewer output columns (or rows, for A^T B): the loops below
 
   template <class T>
@@ -121,6 +122,20 @@ struct Cpu {
     }
 #endif
     if constexpr (std::is_same_v<A_t, float> && std::is_same_v<B_t, float>) {
+      // Matrix-vector-like (decoding one token): Eigen runs those on one thread; split the output
+      // columns (the weight's rows) between threads so both cores stream the weight.
+      int const threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+      if (op_a == Op::N && m < kBlasMinSide && n >= 512 && threads > 1) {
+        Index const block = (n + threads - 1) / threads;
+#pragma omp parallel for num_threads(threads)
+        for (Index j0 = 0; j0 < n; j0 += block) {
+          Index const cols = std::min(block, n - j0);
+          ConstMatrixView<float> const b = op_b == Op::T ? ConstMatrixView<float>{b_view.data + j0 * b_view.ld, cols, k, b_view.ld}
+                                                         : ConstMatrixView<float>{b_view.data + j0, k, cols, b_view.ld};
+          gemm_float(op_a, op_b, alpha, eigen(a_view), eigen(b), beta, MatrixView<float>{C.data + j0, m, cols, C.ld});
+        }
+        return;
+      }
       gemm_float(op_a, op_b, alpha, eigen(a_view), eigen(b_view), beta, C);
     } else if constexpr (std::is_same_v<A_t, float>) {
       RowMajor const b = widen(b_view);
