@@ -103,21 +103,25 @@ TEST_CASE("threading: per-sequence parts give the serial forward's hidden states
   double const err = (parallel_h - serial_h).cwiseAbs().maxCoeff();
   INFO("max |diff| " << err << " of max |h| " << serial_h.cwiseAbs().maxCoeff());
   CHECK(err <= 1e-5 * serial_h.cwiseAbs().maxCoeff());
-  // Decoding 8 rows: two parts of 4 rows against all rows on one thread, from identical caches.
+  // Decoding 128 rows: two parts of 64 rows against all rows on one thread, from identical caches.
   Index longest = 0;
   for (auto const& p : prompts) longest = std::max(longest, static_cast<Index>(p.size()));
   auto prefill = [&] {
-    auto cache = std::make_unique<model::KvCache>(r->model.config().n_layers, 8, longest + 2, r->model.config().kv_dim());
+    auto cache = std::make_unique<model::KvCache>(r->model.config().n_layers, 128, longest + 2, r->model.config().kv_dim());
     std::vector<Index> const slots{0, 1, 2, 3};
     (void)r->model.hidden_states(batch, cache.get(), slots);
-    for (Index s = 0; s < 4; ++s) cache->copy_slot(s, s + 4);
+    for (Index s = 4; s < 128; ++s) cache->copy_slot(s % 4, s);
     return cache;
   };
   auto split_cache = prefill(), serial_cache = prefill();
-  std::vector<std::int32_t> const tokens{11, 22, 33, 44, 55, 66, 77, 88};
-  std::vector<Index> const slots{0, 1, 2, 3, 4, 5, 6, 7};
-  HostMatrix const split = r->model.decode_step(tokens, slots, *split_cache);    // (8, V)
-  HostMatrix const serial = r->model.decode_rows(tokens, slots, *serial_cache);  // (8, V)
+  std::vector<std::int32_t> tokens(128);
+  std::vector<Index> slots(128);
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<std::int32_t>(11 * i + 7);
+    slots[i] = static_cast<Index>(i);
+  }
+  HostMatrix const split = r->model.decode_step(tokens, slots, *split_cache);    // (128, V)
+  HostMatrix const serial = r->model.decode_rows(tokens, slots, *serial_cache);  // (128, V)
   double const derr = (split - serial).cwiseAbs().maxCoeff();
   INFO("decode: max |diff| " << derr << " of max |logit| " << serial.cwiseAbs().maxCoeff());
   CHECK(derr <= 1e-5 * serial.cwiseAbs().maxCoeff());

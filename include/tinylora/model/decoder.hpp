@@ -289,9 +289,10 @@ class Decoder {
   /// slots[i]; its key and value are appended to the cache.   returns logits (n_active, V)
   HostMatrix decode_step(std::span<std::int32_t const> tokens, std::span<Index const> slots, KvCache& cache) const {
     Index const n = static_cast<Index>(tokens.size());
-    // Parts of at least kMinDecodeRows rows: below that each thread would stream every weight for a
-    // few rows, and splitting each product's weights between threads is faster.
-    constexpr Index kMinDecodeRows = 4;
+    // Parts of at least kMinDecodeRows rows: below that each thread would stream every weight for
+    // its few rows, and splitting each product's weights between threads is faster (measured at 32
+    // rows on SmolLM2: 216 generated tok/s split by weights vs 175 split by rows).
+    constexpr Index kMinDecodeRows = 64;
     int const threads = static_cast<int>(std::min<Index>(parallel::available_threads(), n / kMinDecodeRows));
     std::vector<Index> const parts = parallel::balanced_ranges(n, threads, [](Index) { return 1.0; });
     if (parts.size() <= 2) return decode_rows(tokens, slots, cache);
