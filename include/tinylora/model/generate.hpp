@@ -5,6 +5,8 @@
 // temperature alone (what GRPO's importance ratio uses).
 #pragma once
 
+#include <Eigen/Core>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -49,9 +51,46 @@ struct Sampled {
 
 inline Sampled sample_token(float const* logits, Index vocab, SamplingOptions const& o, std::uint64_t sequence,
                             std::uint64_t step) {
-  // log softmax(logits / T), in double for the normalizer.
   float const T = o.greedy ? 1.0f : o.temperature;
   TINYLORA_CHECK(T > 0, "sample_token(): temperature must be > 0 (got ", T, "). Hint: use greedy decoding instead.");
+  bool const truncate = (o.top_k > 0 && o.top_k < vocab) || o.top_p < 1.0f;
+  if (o.greedy || !truncate) {
+    // The whole vocabulary: lse of z = logits / T by the vectorized log-sum-exp, then an inverse-CDF
+    // scan block by block (a block's mass in one vectorized pass, exps in double only inside the
+    // block where u falls). Same distribution as the plain path below with keep = vocab.
+    std::vector<float> zf(static_cast<std::size_t>(vocab));  // (V) logits / T
+    for (Index j = 0; j < vocab; ++j) zf[static_cast<std::size_t>(j)] = logits[j] / T;
+    double const lse = backend::cpu::log_sum_exp(zf.data(), vocab);
+    if (o.greedy) {
+      auto const best = static_cast<std::int32_t>(std::max_element(logits, logits + vocab) - logits);
+      auto const lp = static_cast<float>(zf[static_cast<std::size_t>(best)] - lse);
+      return {best, lp, lp};
+    }
+    constexpr Index kBlock = 256;
+    double const u = CounterRng(o.seed, streams::of(streams::kSample, sequence)).uniform(step);
+    double acc = 0;
+    std::int32_t token = static_cast<std::int32_t>(vocab - 1);  // if rounding leaves u above the total
+    for (Index j0 = 0; j0 < vocab; j0 += kBlock) {
+      Index const n = std::min(kBlock, vocab - j0);
+      double const block = (Eigen::Map<Eigen::ArrayXf const>(zf.data() + j0, n) - static_cast<float>(lse)).exp().sum();
+      if (u >= acc + block) {
+        acc += block;
+        continue;
+      }
+      for (Index j = j0; j < j0 + n; ++j) {
+        acc += std::exp(double{zf[static_cast<std::size_t>(j)]} - lse);
+        if (u < acc) {
+          token = static_cast<std::int32_t>(j);
+          break;
+        }
+      }
+      if (u < acc) break;
+      token = static_cast<std::int32_t>(j0 + n - 1);  // the block's float mass overstated its double one
+    }
+    auto const lp = static_cast<float>(zf[static_cast<std::size_t>(token)] - lse);
+    return {token, lp, lp};
+  }
+  // The plain path (and top-k / top-p): log softmax(logits / T) in double.
   std::vector<double> z(static_cast<std::size_t>(vocab));
   double m = -INFINITY;
   for (Index j = 0; j < vocab; ++j) m = std::max(m, z[static_cast<std::size_t>(j)] = double{logits[j]} / T);
@@ -68,8 +107,7 @@ inline Sampled sample_token(float const* logits, Index vocab, SamplingOptions co
   std::iota(order.begin(), order.end(), 0);
   Index keep = vocab;
   if (o.top_k > 0) keep = std::min<Index>(keep, o.top_k);
-  bool const truncate = keep < vocab || o.top_p < 1.0f;
-  if (truncate) {
+  {
     std::partial_sort(order.begin(), order.begin() + keep, order.end(),
                       [&](std::int32_t a, std::int32_t b) { return z[static_cast<std::size_t>(a)] > z[static_cast<std::size_t>(b)]; });
     if (o.top_p < 1.0f) {
@@ -144,14 +182,22 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
         next.push_back(s.token);
       }
     }
+  TINYLORA_CHECK(o.sampling.greedy || o.sampling.temperature > 0, "generate(): temperature must be > 0 (got ",
+                 o.sampling.temperature, "). Hint: use greedy decoding instead.");
   for (Index step = 1; !active.empty(); ++step) {
     HostMatrix const logits = model.decode_step(next, active, cache);  // (n_active, V)
+    // Every row's draw in parallel (counter-based RNG: the same tokens whatever the thread count).
+    std::vector<Sampled> drawn(active.size());
+    auto const n_active = static_cast<Index>(active.size());
+#pragma omp parallel for schedule(static) if (n_active > 1)
+    for (Index i = 0; i < n_active; ++i)
+      drawn[static_cast<std::size_t>(i)] = sample_token(logits.row(i).data(), V, o.sampling, static_cast<std::uint64_t>(active[static_cast<std::size_t>(i)]),
+                                                        static_cast<std::uint64_t>(step));
     std::vector<Index> still;
     std::vector<std::int32_t> following;
     for (std::size_t i = 0; i < active.size(); ++i) {
       auto& c = out[static_cast<std::size_t>(active[i])];
-      Sampled const s = sample_token(logits.row(static_cast<Index>(i)).data(), V, o.sampling,
-                                     static_cast<std::uint64_t>(active[i]), static_cast<std::uint64_t>(step));
+      Sampled const s = drawn[i];
       c.tokens.push_back(s.token);
       c.logprobs.push_back(s.logprob);
       c.policy_logprobs.push_back(s.policy_logprob);
