@@ -22,7 +22,7 @@ from pathlib import Path
 # workload -> (title, metric key, unit, higher is better, what the work is)
 WORKLOADS = {
     "w1_fp32": ("W1 loss evaluation, fp32", "tokens_per_s", "tokens/s", True,
-                "masked next-token CE, 16 GSM8K test examples (chat prompt + answer, <= 512 tokens) in one batch"),
+                "masked next-token CE, 16 GSM8K examples (chat prompt + answer, <= 512 tokens) in one batch"),
     "w1_bf16": ("W1 loss evaluation, bf16", "tokens_per_s", "tokens/s", True,
                 "as W1 with bf16 weights (tinylora precision::Bf16, torch dtype=bfloat16)"),
     "w2": ("W2 TinyLoRA training step, b = 13", "tokens_per_s", "tokens/s", True,
