@@ -90,34 +90,27 @@ inline Sampled sample_token(float const* logits, Index vocab, SamplingOptions co
     auto const lp = static_cast<float>(zf[static_cast<std::size_t>(token)] - lse);
     return {token, lp, lp};
   }
-  // The plain path (and top-k / top-p): log softmax(logits / T) in double.
+  // Top-k / top-p, the plain way: log softmax(logits / T) in double, candidates in descending
+  // probability, truncated by top-k, then by top-p (smallest prefix with mass >= p).
   std::vector<double> z(static_cast<std::size_t>(vocab));
   double m = -INFINITY;
   for (Index j = 0; j < vocab; ++j) m = std::max(m, z[static_cast<std::size_t>(j)] = double{logits[j]} / T);
   double sum = 0;
   for (double x : z) sum += std::exp(x - m);
   double const lse = m + std::log(sum);
-  if (o.greedy) {
-    auto const best = static_cast<std::int32_t>(std::max_element(logits, logits + vocab) - logits);
-    float const lp = static_cast<float>(z[static_cast<std::size_t>(best)] - lse);
-    return {best, lp, lp};
-  }
-  // Candidates in descending probability, truncated by top-k, then by top-p (smallest prefix with mass >= p).
   std::vector<std::int32_t> order(static_cast<std::size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
   Index keep = vocab;
   if (o.top_k > 0) keep = std::min<Index>(keep, o.top_k);
-  {
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                      [&](std::int32_t a, std::int32_t b) { return z[static_cast<std::size_t>(a)] > z[static_cast<std::size_t>(b)]; });
-    if (o.top_p < 1.0f) {
-      double mass = 0;
-      for (Index i = 0; i < keep; ++i) {
-        mass += std::exp(z[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] - lse);
-        if (mass >= o.top_p) {
-          keep = i + 1;
-          break;
-        }
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                    [&](std::int32_t a, std::int32_t b) { return z[static_cast<std::size_t>(a)] > z[static_cast<std::size_t>(b)]; });
+  if (o.top_p < 1.0f) {
+    double mass = 0;
+    for (Index i = 0; i < keep; ++i) {
+      mass += std::exp(z[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] - lse);
+      if (mass >= o.top_p) {
+        keep = i + 1;
+        break;
       }
     }
   }
