@@ -81,7 +81,14 @@ inline void rope_forward(MatrixView<float> x, std::span<std::int32_t const> posi
   }
 }
 
-inline void softmax_prefix(float* row, Index valid, Index cols);
+/// row[0, valid) = softmax(row[0, valid)); row[valid, cols) = 0. Vectorized exp (Eigen's, ~1 ulp).
+inline void softmax_prefix(float* row, Index valid, Index cols) {
+  Eigen::Map<Eigen::ArrayXf> z(row, valid);
+  float const m = z.maxCoeff();
+  z = (z - m).exp();
+  z *= 1.0f / z.sum();
+  std::fill(row + valid, row + cols, 0.0f);
+}
 
 /// P = softmax over each row i of (Q K^T * scale) restricted to columns j <= i (causal); the masked
 /// upper triangle is 0. Shared by attention_forward and attention_backward (which recomputes P).
@@ -92,15 +99,6 @@ void causal_softmax(MQ const& Q, MK const& K, float scale, RowMajor& P) {
   P.resize(len, len);
   P.noalias() = (Q * K.transpose()) * scale;
   for (Index i = 0; i < len; ++i) softmax_prefix(P.data() + i * len, i + 1, len);
-}
-
-/// row[0, valid) = softmax(row[0, valid)); row[valid, cols) = 0. Vectorized exp (Eigen's, ~1 ulp).
-inline void softmax_prefix(float* row, Index valid, Index cols) {
-  Eigen::Map<Eigen::ArrayXf> z(row, valid);
-  float const m = z.maxCoeff();
-  z = (z - m).exp();
-  z *= 1.0f / z.sum();
-  std::fill(row + valid, row + cols, 0.0f);
 }
 
 /// The plain version of attention_forward below: one query row, one key at a time.
