@@ -64,7 +64,9 @@ TEST_CASE("Cpu::gemm matches the triple loop for every transpose and operand pre
   // gemm_thin_rows, or Eigen), a small square one, one above the BLAS threshold, and a
   // matrix-vector-like one whose columns are split between threads (3, 600, 40).
   for (auto [m, n, k] : {std::array<Index, 3>{7, 5, 9}, std::array<Index, 3>{37, 19, 23}, std::array<Index, 3>{37, 2, 23},
-                         std::array<Index, 3>{2, 19, 37}, std::array<Index, 3>{3, 2, 600}, std::array<Index, 3>{300, 2, 700}, std::array<Index, 3>{3, 600, 40}}) {
+                         std::array<Index, 3>{2, 19, 37}, std::array<Index, 3>{3, 2, 600}, std::array<Index, 3>{300, 2, 700}, std::array<Index, 3>{3, 600, 40},
+                         // batched-decode-like products (few rows, many columns) with odd m, n and k.
+                         std::array<Index, 3>{33, 130, 37}, std::array<Index, 3>{8, 64, 8}, std::array<Index, 3>{64, 67, 100}}) {
     check_gemm<float, float>(seed, m, n, k);
     check_gemm<float, bf16>(seed, m, n, k);
     check_gemm<bf16, float>(seed, m, n, k);
@@ -91,7 +93,11 @@ TEST_CASE("Cpu::gemm with beta = 0 never reads C, and works on strided sub-block
 
 TEST_CASE("Cpu::gemm with beta = 0 on a NaN-filled strided block, above the BLAS threshold") {
   auto const seed = test::seed(7);
-  Index const m = 12, n = 10, k = 16, ld = 13;
+  // Two shapes above the BLAS threshold, the second decode-like (few rows, many columns).
+  for (auto [m, n, k] : {std::array<Index, 3>{12, 10, 16}, std::array<Index, 3>{13, 70, 21}}) {
+  CAPTURE(m);
+  CAPTURE(n);
+  Index const ld = n + 3;
   auto const a = test::normal_vector(static_cast<std::size_t>(m * k), seed, 1);  // (m, k)
   auto const b = test::normal_vector(static_cast<std::size_t>(n * k), seed, 2);  // (n, k), used transposed
   std::vector<float> C(static_cast<std::size_t>(m * ld), NAN);                    // (m, n) block inside (m, ld)
@@ -109,6 +115,7 @@ TEST_CASE("Cpu::gemm with beta = 0 on a NaN-filled strided block, above the BLAS
         want += double{a[static_cast<std::size_t>(i * k + p)]} * b[static_cast<std::size_t>((j - 2) * k + p)];
       CHECK(got == doctest::Approx(2.0 * want).epsilon(1e-5));
     }
+  }
 }
 
 TEST_CASE("parallel::balanced_ranges: hand-computed cuts") {

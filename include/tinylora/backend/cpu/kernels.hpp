@@ -167,6 +167,20 @@ inline void attention_forward(ConstMatrixView<float> q, ConstMatrixView<float> k
   }
 }
 
+/// a . b over n floats in 8 fixed partial sums (vectorizes without reassociating; the same bits
+/// wherever a and b sit in memory).
+inline float dot_lanes(float const* a, float const* b, Index n) {
+  constexpr Index kLanes = 8;
+  float part[kLanes] = {};
+  Index j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (Index l = 0; l < kLanes; ++l) part[l] += a[j + l] * b[j + l];
+  float dot = 0.0f;
+  for (; j < n; ++j) dot += a[j] * b[j];
+  for (Index l = 0; l < kLanes; ++l) dot += part[l];
+  return dot;
+}
+
 /// Attention of one new query row per sequence against a key/value cache (incremental decoding).
 ///   q, out: (n_seq, H hd); cache_k, cache_v: per sequence s a (cache_len[s], H_kv hd) block starting
 ///   at row s * capacity of the (n_seq * capacity, H_kv hd) cache views.
@@ -179,7 +193,7 @@ inline void attention_decode(ConstMatrixView<float> q, ConstMatrixView<float> ca
   Index const n = q.rows;
 #pragma omp parallel
   {
-    std::vector<float> scores;
+    Eigen::ArrayXf scores;  // (len) aligned by Eigen's allocator
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (Index s = 0; s < n; ++s)
       for (int h = 0; h < n_heads; ++h) {
@@ -187,23 +201,21 @@ inline void attention_decode(ConstMatrixView<float> q, ConstMatrixView<float> ca
         Index const base = slots[static_cast<std::size_t>(s)] * capacity;
         int const g = h / group;
         float const* qh = q.data + s * q.ld + h * head_dim;
-        scores.resize(static_cast<std::size_t>(len));
-        float m = -std::numeric_limits<float>::infinity();
-        for (Index u = 0; u < len; ++u) {
-          float const* kr = cache_k.data + (base + u) * cache_k.ld + g * head_dim;
-          float dot = 0;
-          for (Index j = 0; j < head_dim; ++j) dot += qh[j] * kr[j];
-          scores[static_cast<std::size_t>(u)] = dot * scale;
-          m = std::max(m, dot * scale);
-        }
-        float sum = 0;
-        for (auto& x : scores) sum += (x = std::exp(x - m));
+        // Vectorized, with every result independent of where the buffers sit in memory (Eigen's
+        // reductions on unaligned maps peel a data-dependent head, which changed the bits between
+        // runs): dots in fixed lanes, exp and sum on an aligned array, plain axpy loops.
+        if (scores.size() < len) scores.resize(len);
+        for (Index u = 0; u < len; ++u)
+          scores(u) = dot_lanes(qh, cache_k.data + (base + u) * cache_k.ld + g * head_dim, head_dim) * scale;
+        auto p = scores.head(len);  // (len) scores, then probabilities
+        p = (p - p.maxCoeff()).exp();
+        float const inv_sum = 1.0f / p.sum();
         float* oh = out.data + s * out.ld + h * head_dim;
         std::fill(oh, oh + head_dim, 0.0f);
         for (Index u = 0; u < len; ++u) {
-          float const p = scores[static_cast<std::size_t>(u)] / sum;
+          float const w = p(u) * inv_sum;
           float const* vr = cache_v.data + (base + u) * cache_v.ld + g * head_dim;
-          for (Index j = 0; j < head_dim; ++j) oh[j] += p * vr[j];
+          for (Index j = 0; j < head_dim; ++j) oh[j] += w * vr[j];
         }
       }
   }
