@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "tinylora/core/dot.hpp"
 #include "tinylora/core/error.hpp"
 #include "tinylora/core/profile.hpp"
 #include "tinylora/core/tensor.hpp"
@@ -165,20 +166,6 @@ inline void attention_forward(ConstMatrixView<float> q, ConstMatrixView<float> k
         }
       }
   }
-}
-
-/// a . b over n floats in 8 fixed partial sums (vectorizes without reassociating; the same bits
-/// wherever a and b sit in memory).
-inline float dot_lanes(float const* a, float const* b, Index n) {
-  constexpr Index kLanes = 8;
-  float part[kLanes] = {};
-  Index j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (Index l = 0; l < kLanes; ++l) part[l] += a[j + l] * b[j + l];
-  float dot = 0.0f;
-  for (; j < n; ++j) dot += a[j] * b[j];
-  for (Index l = 0; l < kLanes; ++l) dot += part[l];
-  return dot;
 }
 
 /// Attention of one new query row per sequence against a key/value cache (incremental decoding).
