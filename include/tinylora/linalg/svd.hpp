@@ -438,7 +438,7 @@ inline constexpr Index kMaxNormalCols = 64;
 ///   c_i = V_blk^T w_i  (row i of C_blk),   Z_blk = sum_i w_i c_i^T
 /// Float entries are widened to double, so every product is exact and sums are in double. One pass
 /// over W instead of two GEMMs, and no packing of W: Eigen's GEMM spent 40% of its time packing W for
-/// these k = r + 2 column products. Equivalent to normal_product_reference.
+/// these few-column (k = r + block_extra) products. Equivalent to normal_product_reference.
 inline void normal_product(ConstMatrixView<float> W, Eigen::Ref<Eigen::MatrixXd const> const& V_blk,
                            Eigen::Ref<Eigen::MatrixXd> C_blk, Eigen::Ref<Eigen::MatrixXd> Z_blk) {
   Index const m = W.rows, n = W.cols, k = V_blk.cols();
