@@ -1,6 +1,7 @@
 // The CPU backend's primitives against plain loops: gemm for every transpose combination and
 // operand precision (both its paths: Eigen for thin products, OpenBLAS when built with it), add with
-// rounding, fill, upload/download; and the coarse-grained threading helpers of core/parallel.hpp.
+// rounding, fill, upload/download; the decode steps' panel-packed GEMM; and the coarse-grained
+// threading helpers of core/parallel.hpp.
 #include <doctest/doctest.h>
 
 #include <array>
@@ -9,6 +10,7 @@
 
 #include "../support.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
+#include "tinylora/backend/cpu/packed_gemm.hpp"
 #include "tinylora/core/parallel.hpp"
 
 using namespace tinylora;
@@ -170,4 +172,92 @@ TEST_CASE("Cpu::add rounds into the destination's storage type; fill and transfe
   Cpu::fill(MatrixView<float>{Cpu::data(buf), 1, 2}, 7.0f);
   CHECK(Cpu::download(buf) == std::vector<float>{7.0f, 7.0f});
   CHECK(Cpu::size(Cpu::zeros<bf16>(5)) == 5);
+}
+
+namespace {
+/// Y = X W^T in double, from the unpacked W.   X: (m, K), W: (n, K)
+std::vector<double> xwt_reference(ConstMatrixView<float> X, ConstMatrixView<float> W) {
+  std::vector<double> out(static_cast<std::size_t>(X.rows * W.rows));
+  for (Index i = 0; i < X.rows; ++i)
+    for (Index j = 0; j < W.rows; ++j) {
+      double acc = 0;
+      for (Index k = 0; k < X.cols; ++k) acc += static_cast<double>(X(i, k)) * W(j, k);
+      out[static_cast<std::size_t>(i * W.rows + j)] = acc;
+    }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("PanelPackedWeight holds W panel by panel, zero past the last output") {
+  auto const seed = test::seed(41);
+  for (Index n : {Index{1}, Index{15}, Index{16}, Index{17}, Index{40}}) {
+    Index const K = 5, ld = 7;  // W strided: ld > K
+    auto const w = test::normal_vector(static_cast<std::size_t>(n * ld), seed, 1);
+    ConstMatrixView<float> const W{w.data(), n, K, ld};
+    backend::cpu::PanelPackedWeight const packed(W);
+    CHECK(packed.rows() == n);
+    CHECK(packed.cols() == K);
+    CHECK(packed.panels() == (n + 15) / 16);
+    for (Index j = 0; j < n; ++j)
+      for (Index k = 0; k < K; ++k) REQUIRE(packed(j, k) == W(j, k));
+    for (Index j = n; j < packed.panels() * 16; ++j)  // the last panel's padding
+      for (Index k = 0; k < K; ++k) REQUIRE(packed.panel(j / 16)[k * 16 + j % 16] == 0.0f);
+  }
+}
+
+TEST_CASE("gemm_packed: the same bits as its plain loops, and X W^T in double to 1e-5, on every tile and panel remainder") {
+  auto const seed = test::seed(42);
+  for (Index m : {Index{1}, Index{2}, Index{5}, Index{6}, Index{7}, Index{13}, Index{32}})
+    for (Index n : {Index{1}, Index{15}, Index{16}, Index{17}, Index{50}})
+      for (Index K : {Index{1}, Index{3}, Index{64}, Index{77}}) {
+        INFO("(m, n, K) = (" << m << ", " << n << ", " << K << ")");
+        Index const ldx = K + 3, ldy = n + 2;  // X and Y strided, Y's padding must stay untouched
+        auto const x = test::normal_vector(static_cast<std::size_t>(m * ldx), seed, 1);
+        auto const w = test::normal_vector(static_cast<std::size_t>(n * K), seed, 2);
+        ConstMatrixView<float> const X{x.data(), m, K, ldx};
+        ConstMatrixView<float> const W{w.data(), n, K};
+        backend::cpu::PanelPackedWeight const packed(W);
+        std::vector<float> y(static_cast<std::size_t>(m * ldy), -7.0f), y_plain(y);
+        backend::cpu::gemm_packed(X, packed, MatrixView<float>{y.data(), m, n, ldy});
+        backend::cpu::gemm_packed_reference(X, packed, MatrixView<float>{y_plain.data(), m, n, ldy});
+        REQUIRE(y == y_plain);  // bit for bit, padding included
+        for (Index i = 0; i < m; ++i)
+          for (Index j = n; j < ldy; ++j) REQUIRE(y[static_cast<std::size_t>(i * ldy + j)] == -7.0f);
+        std::vector<float> dense(static_cast<std::size_t>(m * n));
+        for (Index i = 0; i < m; ++i)
+          for (Index j = 0; j < n; ++j) dense[static_cast<std::size_t>(i * n + j)] = y[static_cast<std::size_t>(i * ldy + j)];
+        TINYLORA_CHECK_CLOSE(dense, xwt_reference(X, W), 1e-5, 1e-5);
+      }
+}
+
+TEST_CASE("gemm_packed: a row's outputs do not depend on the thread count or on the rows beside it") {
+  auto const seed = test::seed(43);
+  Index const m = 32, n = 700, K = 576;  // a decode step's shape, big enough to run in parallel
+  auto const x = test::normal_vector(static_cast<std::size_t>(m * K), seed, 1);
+  auto const w = test::normal_vector(static_cast<std::size_t>(n * K), seed, 2);
+  backend::cpu::PanelPackedWeight const packed(ConstMatrixView<float>{w.data(), n, K});
+  ConstMatrixView<float> const X{x.data(), m, K};
+  int const threads = omp_get_max_threads();
+  std::vector<std::vector<float>> runs;
+  for (int t : {1, 2, 3}) {
+    omp_set_num_threads(t);
+    runs.emplace_back(static_cast<std::size_t>(m * n));
+    backend::cpu::gemm_packed(X, packed, MatrixView<float>{runs.back().data(), m, n});
+  }
+  omp_set_num_threads(threads);
+  CHECK(runs[0] == runs[1]);
+  CHECK(runs[0] == runs[2]);
+  // Row 9 alone (a tile of 1) against row 9 inside the batch (row 3 of the second tile of 6).
+  std::vector<float> alone(static_cast<std::size_t>(n));
+  backend::cpu::gemm_packed(ConstMatrixView<float>{x.data() + 9 * K, 1, K}, packed, MatrixView<float>{alone.data(), 1, n});
+  CHECK(std::equal(alone.begin(), alone.end(), runs[0].begin() + 9 * n));
+}
+
+TEST_CASE("gemm_packed rejects mismatched shapes") {
+  std::vector<float> w(12, 1.0f), x(8, 1.0f), y(8, 0.0f);
+  backend::cpu::PanelPackedWeight const packed(ConstMatrixView<float>{w.data(), 3, 4});  // W: (3, 4)
+  CHECK_THROWS_WITH_AS(backend::cpu::gemm_packed(ConstMatrixView<float>{x.data(), 2, 3}, packed, MatrixView<float>{y.data(), 2, 3}),
+                       doctest::Contains("gemm_packed(): shape mismatch (X is 2x3, W is 3x4"), Error);
+  CHECK_THROWS_WITH_AS(backend::cpu::gemm_packed(ConstMatrixView<float>{x.data(), 2, 4}, packed, MatrixView<float>{y.data(), 2, 2}),
+                       doctest::Contains("Y is 2x2"), Error);
 }

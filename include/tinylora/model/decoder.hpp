@@ -13,13 +13,17 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <numeric>
 #include <span>
 #include <vector>
 
 #include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/backend/cpu/kernels_backward.hpp"
+#include "tinylora/backend/cpu/packed_gemm.hpp"
 #include "tinylora/core/host_matrix.hpp"
 #include "tinylora/core/parallel.hpp"
 #include "tinylora/core/profile.hpp"
@@ -125,7 +129,12 @@ class Decoder {
 
   ModelConfig const& config() const { return config_; }
   ModelWeights<B, P> const& weights() const { return w_; }
-  ModelWeights<B, P>& weights() { return w_; }
+  /// Writable weights (merging an adapter): decoding's packed copies are dropped and rebuilt from
+  /// the new values on the next decode step.
+  ModelWeights<B, P>& weights() {
+    decode_panels_ = std::make_shared<DecodePanels>();
+    return w_;
+  }
   void set_adapters(LinearAdapters* adapters) { adapters_ = adapters; }
   LinearAdapters* adapters() const { return adapters_; }
 
@@ -270,13 +279,19 @@ class Decoder {
   }
 
   /// Y = X W^T (+ bias) (+ the adapter's X Delta W^T).   X: (n, d_in), returns (n, d_out)
-  HostMatrix linear(int layer, Proj p, HostMatrix const& X) const {
+  /// When decoding, W's panel-packed copy is used (same values, see decode_panels()).
+  HostMatrix linear(int layer, Proj p, HostMatrix const& X, bool decoding = false) const {
     auto const& L = w_.layers[static_cast<std::size_t>(layer)];
     auto const& m = L.proj[static_cast<int>(p)];
     int const pi = static_cast<int>(p);
     TINYLORA_PROFILE_SCOPE(kGemmNames[pi]);
     HostMatrix Y(X.rows(), m.rows);
-    B::gemm(Op::N, Op::T, 1.0f, view_of(X), m.view(), 0.0f, view_of(Y));
+    if constexpr (kPanelDecode) {
+      if (decoding) backend::cpu::gemm_packed(view_of(X), decode_panels().proj[static_cast<std::size_t>(layer)][static_cast<std::size_t>(pi)], view_of(Y));
+      else B::gemm(Op::N, Op::T, 1.0f, view_of(X), m.view(), 0.0f, view_of(Y));
+    } else {
+      B::gemm(Op::N, Op::T, 1.0f, view_of(X), m.view(), 0.0f, view_of(Y));
+    }
     if (config_.qkv_bias && pi < 3) backend::cpu::add_bias(view_of(Y), B::data(L.qkv_bias[static_cast<std::size_t>(pi)]));
     if (adapters_ != nullptr) {
       TINYLORA_PROFILE_SCOPE("adapters (apply)");
@@ -324,9 +339,9 @@ class Decoder {
     for (int l = 0; l < config_.n_layers; ++l) {
       auto const& L = w_.layers[static_cast<std::size_t>(l)];
       k::rmsnorm_forward(ConstMatrixView<float>(view_of(x)), B::data(L.attn_norm), config_.rms_eps, view_of(h));
-      HostMatrix q = linear(l, Proj::q, h);        // (n, H hd)
-      HostMatrix kk = linear(l, Proj::k, h);       // (n, H_kv hd)
-      HostMatrix const v = linear(l, Proj::v, h);  // (n, H_kv hd)
+      HostMatrix q = linear(l, Proj::q, h, true);        // (n, H hd)
+      HostMatrix kk = linear(l, Proj::k, h, true);       // (n, H_kv hd)
+      HostMatrix const v = linear(l, Proj::v, h, true);  // (n, H_kv hd)
       k::rope_forward(view_of(q), positions, config_.n_heads, config_.head_dim, config_.rope_theta);
       k::rope_forward(view_of(kk), positions, config_.n_kv_heads, config_.head_dim, config_.rope_theta);
       for (Index i = 0; i < n; ++i) {
@@ -338,32 +353,63 @@ class Decoder {
       k::attention_decode(view_of(q), view_of(cache.k[static_cast<std::size_t>(l)]), view_of(cache.v[static_cast<std::size_t>(l)]),
                           cache.capacity, lengths, slots, config_.n_heads, config_.n_kv_heads, config_.head_dim,
                           view_of(attn));
-      x += linear(l, Proj::o, attn);
+      x += linear(l, Proj::o, attn, true);
       k::rmsnorm_forward(ConstMatrixView<float>(view_of(x)), B::data(L.mlp_norm), config_.rms_eps, view_of(h));
-      HostMatrix gate = linear(l, Proj::gate, h);
-      HostMatrix const up = linear(l, Proj::up, h);
+      HostMatrix gate = linear(l, Proj::gate, h, true);
+      HostMatrix const up = linear(l, Proj::up, h, true);
       k::swiglu_forward(view_of(gate), view_of(up), view_of(gate));
-      x += linear(l, Proj::down, gate);
+      x += linear(l, Proj::down, gate, true);
     }
     for (std::size_t i = 0; i < tokens.size(); ++i) cache.length[static_cast<std::size_t>(slots[i])] += 1;
     HostMatrix y(n, d);
     k::rmsnorm_forward(ConstMatrixView<float>(view_of(x)), B::data(w_.final_norm), config_.rms_eps, view_of(y));
     std::vector<Index> rows(static_cast<std::size_t>(n));
     std::iota(rows.begin(), rows.end(), Index{0});
-    return head_forward(y, rows);
+    return head_forward(y, rows, true);
   }
 
   /// logits = h[rows] E_head^T.   h: (n, d), returns (rows, V)
-  HostMatrix head_forward(HostMatrix const& h, std::span<Index const> rows) const {
+  HostMatrix head_forward(HostMatrix const& h, std::span<Index const> rows, bool decoding = false) const {
     TINYLORA_PROFILE_SCOPE("lm head (GEMM)");
     HostMatrix sel(static_cast<Index>(rows.size()), h.cols());
     for (std::size_t i = 0; i < rows.size(); ++i) sel.row(static_cast<Index>(i)) = h.row(rows[i]);
     HostMatrix logits(sel.rows(), config_.vocab);
-    B::gemm(Op::N, Op::T, 1.0f, view_of(sel), w_.head(), 0.0f, view_of(logits));
+    if constexpr (kPanelDecode) {
+      if (decoding) backend::cpu::gemm_packed(view_of(sel), decode_panels().head, view_of(logits));
+      else B::gemm(Op::N, Op::T, 1.0f, view_of(sel), w_.head(), 0.0f, view_of(logits));
+    } else {
+      B::gemm(Op::N, Op::T, 1.0f, view_of(sel), w_.head(), 0.0f, view_of(logits));
+    }
     return logits;
   }
 
  private:
+  /// Decode steps multiply a few rows by every weight; with fp32 weights in host memory they use
+  /// copies packed into panels (backend/cpu/packed_gemm.hpp), which a general GEMM would otherwise
+  /// rebuild on every call. The copies cost as much memory as the weights and are made on the
+  /// first decode step.
+  static constexpr bool kPanelDecode =
+      std::is_same_v<W, float> && std::is_same_v<typename B::template Buffer<float>, std::vector<float>>;
+
+  struct DecodePanels {
+    std::once_flag packed;
+    std::vector<std::array<backend::cpu::PanelPackedWeight, kProjCount>> proj;  // (n_layers, kProjCount) as w_.layers[l].proj
+    backend::cpu::PanelPackedWeight head;                              // E_head (V, d)
+  };
+
+  /// The packed copies, made on first use (thread-safe: parallel decode parts may ask at once).
+  DecodePanels const& decode_panels() const {
+    DecodePanels& d = *decode_panels_;
+    std::call_once(d.packed, [&] {
+      TINYLORA_PROFILE_SCOPE("pack weights for decoding");
+      d.proj.resize(w_.layers.size());
+      for (std::size_t l = 0; l < w_.layers.size(); ++l)
+        for (std::size_t p = 0; p < kProjCount; ++p) d.proj[l][p] = backend::cpu::PanelPackedWeight(w_.layers[l].proj[p].view());
+      d.head = backend::cpu::PanelPackedWeight(w_.head());
+    });
+    return d;
+  }
+
   static constexpr char const* kGemmNames[7] = {"W_q (GEMM)", "W_k (GEMM)", "W_v (GEMM)", "W_o (GEMM)",
                                                 "W_gate (GEMM)", "W_up (GEMM)", "W_down (GEMM)"};
 
@@ -558,6 +604,7 @@ class Decoder {
   ModelConfig config_;
   ModelWeights<B, P> w_;
   LinearAdapters* adapters_ = nullptr;
+  mutable std::shared_ptr<DecodePanels> decode_panels_ = std::make_shared<DecodePanels>();
 };
 
 }  // namespace tinylora::model
