@@ -201,6 +201,20 @@ TEST_CASE("a nonlinear objective of the token log-probs at temperature 0.7: its 
   CHECK(optim::global_norm(g) > 1e-6);
 }
 
+namespace {
+/// The logits of sequence 0's last token through the KV cache: its prefix prefilled, then one
+/// decode step (which multiplies by the decoder's packed copies of the weights).   returns (1, V)
+HostMatrix decode_last(Model const& net, model::PackedBatch const& batch) {
+  std::vector<std::int32_t> const seq(batch.ids.begin(), batch.ids.begin() + batch.offsets[1]);
+  model::KvCache cache(net.config().n_layers, 1, static_cast<Index>(seq.size()), net.config().kv_dim());
+  model::PackedBatch prefix;
+  prefix.add(std::span<std::int32_t const>(seq).first(seq.size() - 1));
+  std::vector<Index> const slot{0};
+  (void)net.hidden_states(prefix, &cache, slot);
+  return net.decode_step(std::span<std::int32_t const>(&seq.back(), 1), slot, cache);
+}
+}  // namespace
+
 TEST_CASE("merging the adapter into the weights gives the fused forward; unmerging restores the base") {
   auto const seed = test::seed(32);
   auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures/tiny_qwen2");
@@ -216,12 +230,20 @@ TEST_CASE("merging the adapter into the weights gives the fused forward; unmergi
   adapted.set_theta(theta);
   HostMatrix const fused = net.logits(batch);
   CHECK((fused - base).cwiseAbs().maxCoeff() > 1e-3);  // the adapter changes the function
+  Index const last = batch.offsets[1] - 1;  // sequence 0's last row
+  auto const close = [](HostMatrix const& got, HostMatrix const& want) {
+    return (got - want).cwiseAbs().maxCoeff() <= 1e-4 * want.cwiseAbs().maxCoeff();
+  };
+  CHECK(close(decode_last(net, batch), fused.row(last)));  // packs the base weights; the adapter adds Delta W
   adapted.merge();
   HostMatrix const merged = net.logits(batch);
   CHECK((merged - fused).cwiseAbs().maxCoeff() <= 1e-4 * fused.cwiseAbs().maxCoeff());
+  // Decoding after the merge must use the merged weights, not the copies packed before it.
+  CHECK(close(decode_last(net, batch), fused.row(last)));
   CHECK_THROWS_WITH_AS(adapted.set_theta(theta), doctest::Contains("unmerge() first"), Error);
   adapted.unmerge();
   adapted.set_enabled(false);
   HostMatrix const restored = net.logits(batch);
   CHECK((restored - base).cwiseAbs().maxCoeff() <= 1e-5 * base.cwiseAbs().maxCoeff());
+  CHECK(close(decode_last(net, batch), base.row(last)));
 }
