@@ -1,6 +1,7 @@
 // tests/cuda/test_cuda_backend.cpp: backend::Cuda against backend::Cpu and plain double loops, on
 // identical inputs: gemm for every transpose and operand precision (strided views, beta = 0 over
-// NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors.
+// NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors; and the
+// decoder's forward operations (backend/cuda/kernels.cuh) against backend/cpu/kernels.hpp.
 // Built twice: by g++ under Thrust's OpenMP device system (test_cuda_backend_omp, in CI), and by
 // nvcc as CUDA (test_cuda_backend_cuda, the `cuda` preset), where it skips without a GPU.
 #include <doctest/doctest.h>
@@ -12,7 +13,9 @@
 
 #include "../support.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
+#include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/backend/cuda/cuda.cuh"
+#include "tinylora/backend/cuda/kernels.cuh"
 
 using namespace tinylora;
 using backend::Cpu;
@@ -177,4 +180,143 @@ TEST_CASE("Cuda::add rounds into the destination's storage type like Cpu::add; f
   auto small = Cuda::zeros<float>(4);
   CHECK_THROWS_WITH_AS(Cuda::add(1.0f, ConstMatrixView<float>{Cuda::data(small), 2, 2}, MatrixView<float>{Cuda::data(small), 1, 4}),
                        doctest::Contains("Cuda::add(): shape mismatch (X is 2x2, Y is 1x4)"), Error);
+}
+
+namespace {
+template <class T>
+std::vector<T> downloaded(typename Cuda::Buffer<T> const& buf) {
+  return Cuda::download(buf);
+}
+}  // namespace
+
+TEST_CASE("cuda:: forward operations equal backend::cpu's on the same inputs (GQA 4:2, two packed sequences)") {
+  if (!gpu_or_skip()) return;
+  namespace gpu = backend::cuda;
+  namespace cpu = backend::cpu;
+  auto const seed = test::seed(63);
+  int const H = 4, H_kv = 2;
+  Index const hd = 8, d = H * hd, V = 11, f = 12;
+  std::vector<std::int32_t> const ids{3, 0, 10, 7, 7, 2, 5};  // sequences of 4 and 3 tokens
+  std::vector<std::int32_t> const positions{0, 1, 2, 3, 0, 1, 2};
+  std::vector<Index> const offsets{0, 4, 7};
+  Index const n = static_cast<Index>(ids.size());
+  auto dev_ids = to_device(ids);
+  auto dev_positions = to_device(positions);
+  auto dev_offsets = to_device(offsets);
+
+  SUBCASE("embedding gather, from fp32 and bf16 tables") {
+    auto const table = test::normal_vector(static_cast<std::size_t>(V * d), seed, 1);
+    std::vector<float> want(static_cast<std::size_t>(n * d));
+    cpu::embedding_forward(ConstMatrixView<float>{table.data(), V, d}, ids, MatrixView<float>{want.data(), n, d});
+    auto dev_table = to_device(table);
+    auto out = Cuda::zeros<float>(n * d);
+    gpu::embedding_forward(ConstMatrixView<float>{Cuda::data(dev_table), V, d}, Cuda::data(dev_ids), MatrixView<float>{Cuda::data(out), n, d});
+    CHECK(downloaded<float>(out) == want);
+    auto const table16 = cast<bf16>(table);
+    cpu::embedding_forward(ConstMatrixView<bf16>{table16.data(), V, d}, ids, MatrixView<float>{want.data(), n, d});
+    auto dev_table16 = to_device(table16);
+    gpu::embedding_forward(ConstMatrixView<bf16>{Cuda::data(dev_table16), V, d}, Cuda::data(dev_ids), MatrixView<float>{Cuda::data(out), n, d});
+    CHECK(downloaded<float>(out) == want);
+  }
+  SUBCASE("RMSNorm with its 1/rms, RoPE forward and inverse, SwiGLU, bias") {
+    auto const x = test::normal_vector(static_cast<std::size_t>(n * d), seed, 2);
+    auto const w = test::normal_vector(static_cast<std::size_t>(d), seed, 3);
+    std::vector<float> y(x.size()), rstd(static_cast<std::size_t>(n));
+    cpu::rmsnorm_forward(ConstMatrixView<float>{x.data(), n, d}, w.data(), 1e-5f, MatrixView<float>{y.data(), n, d}, rstd);
+    auto dev_x = to_device(x);
+    auto dev_w = to_device(w);
+    auto dev_y = Cuda::zeros<float>(n * d);
+    auto dev_rstd = Cuda::zeros<float>(n);
+    gpu::rmsnorm_forward(ConstMatrixView<float>{Cuda::data(dev_x), n, d}, Cuda::data(dev_w), 1e-5f, MatrixView<float>{Cuda::data(dev_y), n, d},
+                         Cuda::data(dev_rstd));
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_y), y, 1e-5, 1e-6);
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_rstd), rstd, 1e-6, 0.0);
+
+    for (bool inverse : {false, true}) {
+      INFO("inverse " << inverse);
+      std::vector<float> r = x;
+      cpu::rope_forward(MatrixView<float>{r.data(), n, d}, positions, H, hd, 10000.0f, inverse);
+      auto dev_r = to_device(x);
+      gpu::rope_forward(MatrixView<float>{Cuda::data(dev_r), n, d}, Cuda::data(dev_positions), H, hd, 10000.0f, inverse);
+      TINYLORA_CHECK_CLOSE(downloaded<float>(dev_r), r, 1e-5, 1e-6);
+    }
+
+    auto const gate = test::normal_vector(static_cast<std::size_t>(n * f), seed, 4);
+    auto const up = test::normal_vector(static_cast<std::size_t>(n * f), seed, 5);
+    std::vector<float> s(gate.size());
+    cpu::swiglu_forward(ConstMatrixView<float>{gate.data(), n, f}, ConstMatrixView<float>{up.data(), n, f}, MatrixView<float>{s.data(), n, f});
+    auto dev_gate = to_device(gate);
+    auto dev_up = to_device(up);
+    auto dev_s = Cuda::zeros<float>(n * f);
+    gpu::swiglu_forward(ConstMatrixView<float>{Cuda::data(dev_gate), n, f}, ConstMatrixView<float>{Cuda::data(dev_up), n, f},
+                        MatrixView<float>{Cuda::data(dev_s), n, f});
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_s), s, 1e-5, 1e-6);
+
+    std::vector<float> b = gate;
+    cpu::add_bias(MatrixView<float>{b.data(), n, f}, up.data());
+    gpu::add_bias(MatrixView<float>{Cuda::data(dev_gate), n, f}, Cuda::data(dev_up));
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_gate), b, 1e-6, 0.0);
+  }
+  SUBCASE("causal GQA attention over packed sequences, and its decode step against a cache") {
+    Index const kv = H_kv * hd;
+    auto const q = test::normal_vector(static_cast<std::size_t>(n * d), seed, 6);
+    auto const k = test::normal_vector(static_cast<std::size_t>(n * kv), seed, 7);
+    auto const v = test::normal_vector(static_cast<std::size_t>(n * kv), seed, 8);
+    std::vector<float> want(static_cast<std::size_t>(n * d));
+    cpu::attention_forward(ConstMatrixView<float>{q.data(), n, d}, ConstMatrixView<float>{k.data(), n, kv},
+                           ConstMatrixView<float>{v.data(), n, kv}, offsets, H, H_kv, hd, MatrixView<float>{want.data(), n, d});
+    auto dev_q = to_device(q);
+    auto dev_k = to_device(k);
+    auto dev_v = to_device(v);
+    auto out = Cuda::zeros<float>(n * d);
+    gpu::attention_forward(ConstMatrixView<float>{Cuda::data(dev_q), n, d}, ConstMatrixView<float>{Cuda::data(dev_k), n, kv},
+                           ConstMatrixView<float>{Cuda::data(dev_v), n, kv}, Cuda::data(dev_offsets), 2, H, H_kv, hd,
+                           MatrixView<float>{Cuda::data(out), n, d});
+    TINYLORA_CHECK_CLOSE(downloaded<float>(out), want, 1e-5, 1e-6);
+
+    // Decode: the two sequences' keys as cache slots 1 and 0 (capacity 5), one query row each.
+    Index const capacity = 5;
+    std::vector<float> cache_k(static_cast<std::size_t>(2 * capacity * kv), 0.0f), cache_v(cache_k);
+    std::vector<Index> const slots{1, 0}, lens{4, 3};
+    for (Index s = 0; s < 2; ++s)
+      for (Index u = 0; u < lens[static_cast<std::size_t>(s)]; ++u)
+        for (Index j = 0; j < kv; ++j) {
+          auto const dst = static_cast<std::size_t>((slots[static_cast<std::size_t>(s)] * capacity + u) * kv + j);
+          auto const src = static_cast<std::size_t>((offsets[static_cast<std::size_t>(s)] + u) * kv + j);
+          cache_k[dst] = k[src];
+          cache_v[dst] = v[src];
+        }
+    std::vector<float> q_last(static_cast<std::size_t>(2 * d)), dec_want(q_last.size());
+    std::copy(q.begin() + 3 * d, q.begin() + 4 * d, q_last.begin());  // sequence 0's last token
+    std::copy(q.begin() + 6 * d, q.begin() + 7 * d, q_last.begin() + d);  // sequence 1's last token
+    cpu::attention_decode(ConstMatrixView<float>{q_last.data(), 2, d}, ConstMatrixView<float>{cache_k.data(), 2 * capacity, kv},
+                          ConstMatrixView<float>{cache_v.data(), 2 * capacity, kv}, capacity, lens, slots, H, H_kv, hd,
+                          MatrixView<float>{dec_want.data(), 2, d});
+    for (Index j = 0; j < d; ++j) {  // and the decode step is the packed forward's last row
+      CHECK(dec_want[static_cast<std::size_t>(j)] == doctest::Approx(want[static_cast<std::size_t>(3 * d + j)]).epsilon(1e-5));
+      CHECK(dec_want[static_cast<std::size_t>(d + j)] == doctest::Approx(want[static_cast<std::size_t>(6 * d + j)]).epsilon(1e-5));
+    }
+    auto dev_ql = to_device(q_last);
+    auto dev_ck = to_device(cache_k);
+    auto dev_cv = to_device(cache_v);
+    auto dev_slots = to_device(slots);
+    auto dev_lens = to_device(lens);
+    auto dec = Cuda::zeros<float>(2 * d);
+    gpu::attention_decode(ConstMatrixView<float>{Cuda::data(dev_ql), 2, d}, ConstMatrixView<float>{Cuda::data(dev_ck), 2 * capacity, kv},
+                          ConstMatrixView<float>{Cuda::data(dev_cv), 2 * capacity, kv}, capacity, Cuda::data(dev_lens),
+                          Cuda::data(dev_slots), H, H_kv, hd, MatrixView<float>{Cuda::data(dec), 2, d});
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dec), dec_want, 1e-5, 1e-6);
+  }
+  SUBCASE("cross-entropy per row, in double") {
+    Index const m = 3, vocab = 300;
+    auto const logits = test::normal_vector(static_cast<std::size_t>(m * vocab), seed, 9, 4.0f);
+    std::vector<std::int32_t> const targets{0, 299, 17};
+    std::vector<float> scratch = logits;
+    auto const want = cpu::cross_entropy_forward_reference(MatrixView<float>{scratch.data(), m, vocab}, targets);
+    auto dev_logits = to_device(logits);
+    auto dev_targets = to_device(targets);
+    auto nll = Cuda::zeros<double>(m);
+    gpu::cross_entropy_forward(ConstMatrixView<float>{Cuda::data(dev_logits), m, vocab}, Cuda::data(dev_targets), Cuda::data(nll));
+    TINYLORA_CHECK_CLOSE(downloaded<double>(nll), want, 1e-12, 0.0);
+  }
 }
