@@ -1,7 +1,7 @@
 // tests/cuda/test_cuda_backend.cpp: backend::Cuda against backend::Cpu and plain double loops, on
 // identical inputs: gemm for every transpose and operand precision (strided views, beta = 0 over
 // NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors; and the
-// decoder's forward operations (backend/cuda/kernels.cuh) against backend/cpu/kernels.hpp.
+// decoder's forward and backward operations (backend/cuda/kernels*.cuh) against backend/cpu/'s.
 // Built twice: by g++ under Thrust's OpenMP device system (test_cuda_backend_omp, in CI), and by
 // nvcc as CUDA (test_cuda_backend_cuda, the `cuda` preset), where it skips without a GPU.
 #include <doctest/doctest.h>
@@ -14,8 +14,10 @@
 #include "../support.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/backend/cpu/kernels.hpp"
+#include "tinylora/backend/cpu/kernels_backward.hpp"
 #include "tinylora/backend/cuda/cuda.cuh"
 #include "tinylora/backend/cuda/kernels.cuh"
+#include "tinylora/backend/cuda/kernels_backward.cuh"
 
 using namespace tinylora;
 using backend::Cpu;
@@ -306,6 +308,75 @@ TEST_CASE("cuda:: forward operations equal backend::cpu's on the same inputs (GQ
                           ConstMatrixView<float>{Cuda::data(dev_cv), 2 * capacity, kv}, capacity, Cuda::data(dev_lens),
                           Cuda::data(dev_slots), H, H_kv, hd, MatrixView<float>{Cuda::data(dec), 2, d});
     TINYLORA_CHECK_CLOSE(downloaded<float>(dec), dec_want, 1e-5, 1e-6);
+  }
+  SUBCASE("backward: RMSNorm (accumulating), RoPE, SwiGLU, attention (GQA, packed), cross-entropy") {
+    Index const kv = H_kv * hd;
+    auto const x = test::normal_vector(static_cast<std::size_t>(n * d), seed, 10);
+    auto const w = test::normal_vector(static_cast<std::size_t>(d), seed, 11);
+    auto const dy = test::normal_vector(static_cast<std::size_t>(n * d), seed, 12);
+    auto const dx0 = test::normal_vector(static_cast<std::size_t>(n * d), seed, 13);
+    std::vector<float> y(x.size()), rstd(static_cast<std::size_t>(n)), dx = dx0;
+    cpu::rmsnorm_forward(ConstMatrixView<float>{x.data(), n, d}, w.data(), 1e-5f, MatrixView<float>{y.data(), n, d}, rstd);
+    cpu::rmsnorm_backward(ConstMatrixView<float>{x.data(), n, d}, w.data(), rstd, ConstMatrixView<float>{dy.data(), n, d},
+                          MatrixView<float>{dx.data(), n, d});
+    auto dev_x = to_device(x);
+    auto dev_w = to_device(w);
+    auto dev_rstd = to_device(rstd);
+    auto dev_dy = to_device(dy);
+    auto dev_dx = to_device(dx0);
+    gpu::rmsnorm_backward(ConstMatrixView<float>{Cuda::data(dev_x), n, d}, Cuda::data(dev_w), Cuda::data(dev_rstd),
+                          ConstMatrixView<float>{Cuda::data(dev_dy), n, d}, MatrixView<float>{Cuda::data(dev_dx), n, d});
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dx), dx, 1e-5, 1e-6);
+
+    std::vector<float> r = dy;
+    cpu::rope_backward(MatrixView<float>{r.data(), n, d}, positions, H, hd, 10000.0f);
+    gpu::rope_backward(MatrixView<float>{Cuda::data(dev_dy), n, d}, Cuda::data(dev_positions), H, hd, 10000.0f);
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dy), r, 1e-5, 1e-6);
+
+    std::vector<float> dgate(x.size()), dup(x.size());
+    cpu::swiglu_backward(ConstMatrixView<float>{x.data(), n, d}, ConstMatrixView<float>{dx0.data(), n, d},
+                         ConstMatrixView<float>{dy.data(), n, d}, MatrixView<float>{dgate.data(), n, d}, MatrixView<float>{dup.data(), n, d});
+    auto dev_up = to_device(dx0);
+    auto dev_dout = to_device(dy);
+    auto dev_dgate = Cuda::zeros<float>(n * d), dev_dup = Cuda::zeros<float>(n * d);
+    gpu::swiglu_backward(ConstMatrixView<float>{Cuda::data(dev_x), n, d}, ConstMatrixView<float>{Cuda::data(dev_up), n, d},
+                         ConstMatrixView<float>{Cuda::data(dev_dout), n, d}, MatrixView<float>{Cuda::data(dev_dgate), n, d},
+                         MatrixView<float>{Cuda::data(dev_dup), n, d});
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dgate), dgate, 1e-5, 1e-6);
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dup), dup, 1e-5, 1e-6);
+
+    auto const q = test::normal_vector(static_cast<std::size_t>(n * d), seed, 14);
+    auto const k = test::normal_vector(static_cast<std::size_t>(n * kv), seed, 15);
+    auto const v = test::normal_vector(static_cast<std::size_t>(n * kv), seed, 16);
+    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+    cpu::attention_backward(ConstMatrixView<float>{q.data(), n, d}, ConstMatrixView<float>{k.data(), n, kv},
+                            ConstMatrixView<float>{v.data(), n, kv}, offsets, H, H_kv, hd, ConstMatrixView<float>{dy.data(), n, d},
+                            MatrixView<float>{dq.data(), n, d}, MatrixView<float>{dk.data(), n, kv}, MatrixView<float>{dv.data(), n, kv});
+    auto dev_q = to_device(q);
+    auto dev_k = to_device(k);
+    auto dev_v = to_device(v);
+    auto dev_dq = Cuda::zeros<float>(n * d), dev_dk = Cuda::zeros<float>(n * kv), dev_dv = Cuda::zeros<float>(n * kv);
+    gpu::attention_backward(ConstMatrixView<float>{Cuda::data(dev_q), n, d}, ConstMatrixView<float>{Cuda::data(dev_k), n, kv},
+                            ConstMatrixView<float>{Cuda::data(dev_v), n, kv}, Cuda::data(dev_offsets), 2, H, H_kv, hd,
+                            ConstMatrixView<float>{Cuda::data(dev_dout), n, d}, MatrixView<float>{Cuda::data(dev_dq), n, d},
+                            MatrixView<float>{Cuda::data(dev_dk), n, kv}, MatrixView<float>{Cuda::data(dev_dv), n, kv});
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dq), dq, 1e-4, 1e-5);
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dk), dk, 1e-4, 1e-5);
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dv), dv, 1e-4, 1e-5);
+
+    Index const m = 3, vocab = 300;
+    auto const logits = test::normal_vector(static_cast<std::size_t>(m * vocab), seed, 17, 4.0f);
+    std::vector<std::int32_t> const targets{0, 299, 17};
+    std::vector<float> const weights{0.5f, 1.0f, -2.0f};
+    std::vector<float> dlogits(logits.size());
+    cpu::cross_entropy_backward(ConstMatrixView<float>{logits.data(), m, vocab}, targets, 0.25f,
+                                MatrixView<float>{dlogits.data(), m, vocab}, weights);
+    auto dev_logits = to_device(logits);  // in place, as the model runs it
+    auto dev_targets = to_device(targets);
+    auto dev_weights = to_device(weights);
+    gpu::cross_entropy_backward(ConstMatrixView<float>{Cuda::data(dev_logits), m, vocab}, Cuda::data(dev_targets), 0.25f,
+                                MatrixView<float>{Cuda::data(dev_logits), m, vocab}, Cuda::data(dev_weights));
+    TINYLORA_CHECK_CLOSE(downloaded<float>(dev_logits), dlogits, 1e-5, 1e-7);
   }
   SUBCASE("cross-entropy per row, in double") {
     Index const m = 3, vocab = 300;
