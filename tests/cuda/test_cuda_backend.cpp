@@ -1,7 +1,8 @@
 // tests/cuda/test_cuda_backend.cpp: backend::Cuda against backend::Cpu and plain double loops, on
 // identical inputs: gemm for every transpose and operand precision (strided views, beta = 0 over
 // NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors; and the
-// decoder's forward and backward operations (backend/cuda/kernels*.cuh) against backend/cpu/'s.
+// decoder's forward and backward operations (backend/cuda/kernels*.cuh) against backend/cpu/'s; and
+// the adapters' low-rank core (apply, backward with its dK, Delta W, merge) on both backends.
 // Built twice: by g++ under Thrust's OpenMP device system (test_cuda_backend_omp, in CI), and by
 // nvcc as CUDA (test_cuda_backend_cuda, the `cuda` preset), where it skips without a GPU.
 #include <doctest/doctest.h>
@@ -12,12 +13,14 @@
 #include <vector>
 
 #include "../support.hpp"
+#include "tinylora/adapters/low_rank_core.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/backend/cpu/kernels_backward.hpp"
 #include "tinylora/backend/cuda/cuda.cuh"
 #include "tinylora/backend/cuda/kernels.cuh"
 #include "tinylora/backend/cuda/kernels_backward.cuh"
+#include "tinylora/precision/policies.hpp"
 
 using namespace tinylora;
 using backend::Cpu;
@@ -390,4 +393,70 @@ TEST_CASE("cuda:: forward operations equal backend::cpu's on the same inputs (GQ
     gpu::cross_entropy_forward(ConstMatrixView<float>{Cuda::data(dev_logits), m, vocab}, Cuda::data(dev_targets), Cuda::data(nll));
     TINYLORA_CHECK_CLOSE(downloaded<double>(nll), want, 1e-12, 0.0);
   }
+}
+
+namespace {
+template <class P>
+void check_low_rank_core(std::uint64_t seed, double merge_rtol) {
+  double const rtol = 1e-5;
+  INFO("weights in " << type_name<typename P::weight_type>);
+  Index const d_out = 24, d_in = 20, r = 2, n = 9;
+  auto host = [&](Index rows, Index cols, std::uint64_t stream) {
+    auto const v = test::normal_vector(static_cast<std::size_t>(rows * cols), seed, stream);
+    return HostMatrix(Eigen::Map<HostMatrix const>(v.data(), rows, cols));
+  };
+  HostMatrix const L = host(d_out, r, 1), R = host(r, d_in, 2), X = host(n, d_in, 3), dY = host(n, d_out, 4);
+  HostMatrix const Y0 = host(n, d_out, 5), dX0 = host(n, d_in, 6);
+  std::vector<float> const K{0.3f, -1.1f, 0.7f, 0.2f};
+  auto flat = [](HostMatrix const& m) { return std::vector<float>(m.data(), m.data() + m.size()); };
+
+  adapters::LowRankCore<Cpu, P> cpu_core(L, R);
+  adapters::LowRankCore<Cuda, P> gpu_core(L, R);
+  cpu_core.set_K(K);
+  gpu_core.set_K(K);
+
+  // Y += X Delta W^T
+  HostMatrix Y = Y0;
+  cpu_core.apply(view_of(X), view_of(Y));
+  auto dev_X = to_device(flat(X));
+  auto dev_Y = to_device(flat(Y0));
+  gpu_core.apply(ConstMatrixView<float>{Cuda::data(dev_X), n, d_in}, MatrixView<float>{Cuda::data(dev_Y), n, d_out});
+  TINYLORA_CHECK_CLOSE(downloaded<float>(dev_Y), flat(Y), rtol, 1e-5);
+
+  // dK += c^T a and dX += (c K) R, twice (dK accumulates), then zero_grad
+  HostMatrix dX = dX0;
+  auto dev_dY = to_device(flat(dY));
+  auto dev_dX = to_device(flat(dX0));
+  for (int pass = 0; pass < 2; ++pass) {
+    cpu_core.backward(view_of(X), view_of(dY), view_of(dX));
+    gpu_core.backward(ConstMatrixView<float>{Cuda::data(dev_X), n, d_in}, ConstMatrixView<float>{Cuda::data(dev_dY), n, d_out},
+                      MatrixView<float>{Cuda::data(dev_dX), n, d_in});
+  }
+  TINYLORA_CHECK_CLOSE(downloaded<float>(dev_dX), flat(dX), rtol, 1e-5);
+  TINYLORA_CHECK_CLOSE(gpu_core.dK(), cpu_core.dK(), rtol, 1e-5);
+  gpu_core.zero_grad();
+  CHECK(gpu_core.dK() == std::vector<float>(4, 0.0f));
+
+  // Delta W explicit, and merged into a weight of the policy's storage type
+  TINYLORA_CHECK_CLOSE(flat(gpu_core.delta_w()), flat(cpu_core.delta_w()), rtol, 1e-6);
+  using W = typename P::weight_type;
+  auto const w0 = cast<W>(test::normal_vector(static_cast<std::size_t>(d_out * d_in), seed, 7));
+  std::vector<W> w_cpu = w0;
+  cpu_core.add_to(MatrixView<W>{w_cpu.data(), d_out, d_in}, 1.0f);
+  auto dev_w = to_device(w0);
+  gpu_core.add_to(MatrixView<W>{Cuda::data(dev_w), d_out, d_in}, 1.0f);
+  std::vector<W> const w_gpu = Cuda::download(dev_w);
+  std::vector<float> got, want;
+  for (std::size_t i = 0; i < w0.size(); ++i) got.push_back(static_cast<float>(w_gpu[i])), want.push_back(static_cast<float>(w_cpu[i]));
+  TINYLORA_CHECK_CLOSE(got, want, merge_rtol, 1e-5);
+}
+}  // namespace
+
+TEST_CASE("adapters::LowRankCore runs on backend::Cuda unchanged: apply, backward and dK, Delta W, merge") {
+  if (!gpu_or_skip()) return;
+  auto const seed = test::seed(64);
+  check_low_rank_core<precision::Fp32>(seed, 1e-5);
+  // Merging rounds W + Delta W to bf16: a sum that differs in its last float bits may round to the
+  // neighbouring bf16 (one unit, 2^-8 relative).
+  check_low_rank_core<precision::Bf16>(seed, 0x1p-8);
 }
