@@ -86,6 +86,24 @@ struct AddBias {
   }
 };
 
+/// The sequence s with offsets[s] <= t < offsets[s + 1] (binary search).   offsets: (n_seq + 1)
+TINYLORA_HOST_DEVICE inline Index sequence_of(Index const* offsets, Index n_seq, Index t) {
+  Index lo = 0, hi = n_seq;
+  while (hi - lo > 1) {
+    Index const mid = (lo + hi) / 2;
+    if (offsets[mid] <= t) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/// a . b in float, j in order.   a, b: (n)
+TINYLORA_HOST_DEVICE inline float dot(float const* a, float const* b, Index n) {
+  float acc = 0.0f;
+  for (Index j = 0; j < n; ++j) acc += a[j] * b[j];
+  return acc;
+}
+
 /// out[t, h] = sum_u softmax_u(q[t,h] . k[base+u, g] scale) v[base+u, g] over u in [0, len), with
 /// an online softmax (running maximum and sum, the output rescaled as the maximum grows), so no
 /// score array is needed.   q, out: row t; k, v: rows base .. base + len - 1
@@ -99,9 +117,7 @@ TINYLORA_HOST_DEVICE inline void attend(ConstMatrixView<float> q, Index t, int h
   for (Index u = 0; u < len; ++u) {
     float const* ku = k.data + (base + u) * k.ld + g * head_dim;
     float const* vu = v.data + (base + u) * v.ld + g * head_dim;
-    float dot = 0.0f;
-    for (Index j = 0; j < head_dim; ++j) dot += qh[j] * ku[j];
-    float const s = dot * scale;
+    float const s = dot(qh, ku, head_dim) * scale;
     float const new_max = s > running_max ? s : running_max;
     float const rescale = expf(running_max - new_max), w = expf(s - new_max);
     running_sum = running_sum * rescale + w;
@@ -123,13 +139,7 @@ struct CausalAttention {
   TINYLORA_HOST_DEVICE void operator()(Index e) const {
     Index const t = e / n_heads;
     int const h = static_cast<int>(e % n_heads);
-    Index lo = 0, hi = n_seq;  // the sequence s with offsets[s] <= t < offsets[s + 1]
-    while (hi - lo > 1) {
-      Index const mid = (lo + hi) / 2;
-      if (offsets[mid] <= t) lo = mid;
-      else hi = mid;
-    }
-    Index const begin = offsets[lo];
+    Index const begin = offsets[sequence_of(offsets, n_seq, t)];
     attend(q, t, h, k, v, begin, t - begin + 1, h / group, head_dim, scale, out);
   }
 };

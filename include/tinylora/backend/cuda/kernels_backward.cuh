@@ -57,23 +57,6 @@ struct CrossEntropyBackwardRow {
   }
 };
 
-/// The sequence s with offsets[s] <= t < offsets[s + 1].
-TINYLORA_HOST_DEVICE inline Index sequence_of(Index const* offsets, Index n_seq, Index t) {
-  Index lo = 0, hi = n_seq;
-  while (hi - lo > 1) {
-    Index const mid = (lo + hi) / 2;
-    if (offsets[mid] <= t) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-
-TINYLORA_HOST_DEVICE inline float dot(float const* a, float const* b, Index n) {
-  float acc = 0.0f;
-  for (Index j = 0; j < n; ++j) acc += a[j] * b[j];
-  return acc;
-}
-
 /// Per (query t, head h), with P_u = softmax_u(S[t, :]) over the keys u <= t of t's sequence:
 ///   lse = logsumexp_u S[t, u],  D = sum_u P_u (dO[t] . v[u]),
 ///   dq[t, h] = scale sum_u P_u (dO[t] . v[u] - D) k[u].   (dS[t, u] = P_u (dP[t, u] - D))
