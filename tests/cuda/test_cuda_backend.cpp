@@ -2,7 +2,8 @@
 // identical inputs: gemm for every transpose and operand precision (strided views, beta = 0 over
 // NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors; and the
 // decoder's forward and backward operations (backend/cuda/kernels*.cuh) against backend/cpu/'s; and
-// the adapters' low-rank core (apply, backward with its dK, Delta W, merge) on both backends.
+// the adapters' low-rank core (apply, backward with its dK, Delta W, merge) on both backends; and
+// token sampling on the device against model::sample_token.
 // Built twice: by g++ under Thrust's OpenMP device system (test_cuda_backend_omp, in CI), and by
 // nvcc as CUDA (test_cuda_backend_cuda, the `cuda` preset), where it skips without a GPU.
 #include <doctest/doctest.h>
@@ -20,6 +21,8 @@
 #include "tinylora/backend/cuda/cuda.cuh"
 #include "tinylora/backend/cuda/kernels.cuh"
 #include "tinylora/backend/cuda/kernels_backward.cuh"
+#include "tinylora/backend/cuda/sampling.cuh"
+#include "tinylora/model/generate.hpp"
 #include "tinylora/precision/policies.hpp"
 
 using namespace tinylora;
@@ -459,4 +462,46 @@ TEST_CASE("adapters::LowRankCore runs on backend::Cuda unchanged: apply, backwar
   // Merging rounds W + Delta W to bf16: a sum that differs in its last float bits may round to the
   // neighbouring bf16 (one unit, 2^-8 relative).
   check_low_rank_core<precision::Bf16>(seed, 0x1p-8);
+}
+
+TEST_CASE("cuda::sample_tokens draws model::sample_token's tokens: greedy, temperature, top-k, top-p") {
+  if (!gpu_or_skip()) return;
+  auto const seed = test::seed(65);
+  Index const n = 6, V = 300;
+  auto const logits = test::normal_vector(static_cast<std::size_t>(n * V), seed, 1, 3.0f);
+  std::vector<std::uint64_t> const sequences{0, 1, 2, 7, 8, 31};  // slot ids key the draws
+  auto dev_logits = to_device(logits);
+  auto dev_sequences = to_device(sequences);
+  auto token = Cuda::zeros<std::int32_t>(n);
+  auto logprob = Cuda::zeros<float>(n), policy = Cuda::zeros<float>(n);
+  struct Case {
+    char const* name;
+    model::SamplingOptions o;
+  };
+  std::vector<Case> const cases{{"greedy", {.greedy = true}},
+                                {"temperature 0.7", {.temperature = 0.7f, .seed = 3}},
+                                {"top-k 20", {.temperature = 1.0f, .top_k = 20, .seed = 4}},
+                                {"top-p 0.9", {.temperature = 0.8f, .top_p = 0.9f, .seed = 5}},
+                                {"top-k 50, top-p 0.8", {.temperature = 1.3f, .top_k = 50, .top_p = 0.8f, .seed = 6}}};
+  int differing = 0;
+  for (auto const& c : cases)
+    for (std::uint64_t step = 0; step < 8; ++step) {
+      INFO(c.name << ", step " << step);
+      backend::cuda::sample_tokens(ConstMatrixView<float>{Cuda::data(dev_logits), n, V}, c.o, Cuda::data(dev_sequences), step,
+                                   Cuda::data(token), Cuda::data(logprob), Cuda::data(policy));
+      auto const got = downloaded<std::int32_t>(token);
+      auto const got_lp = downloaded<float>(logprob), got_policy = downloaded<float>(policy);
+      for (Index t = 0; t < n; ++t) {
+        auto const want = model::sample_token(logits.data() + t * V, V, c.o, sequences[static_cast<std::size_t>(t)], step);
+        CHECK(got[static_cast<std::size_t>(t)] == want.token);
+        differing += got[static_cast<std::size_t>(t)] != want.token;
+        CHECK(got_lp[static_cast<std::size_t>(t)] == doctest::Approx(want.logprob).epsilon(1e-5));
+        CHECK(got_policy[static_cast<std::size_t>(t)] == doctest::Approx(want.policy_logprob).epsilon(1e-5));
+      }
+    }
+  MESSAGE(differing << " of " << cases.size() * 8 * n << " draws differ");
+  CHECK_THROWS_WITH_AS(backend::cuda::sample_tokens(ConstMatrixView<float>{Cuda::data(dev_logits), n, V},
+                                                    model::SamplingOptions{.temperature = 0.0f}, Cuda::data(dev_sequences), 0,
+                                                    Cuda::data(token), Cuda::data(logprob), Cuda::data(policy)),
+                       doctest::Contains("temperature must be > 0"), Error);
 }
