@@ -515,108 +515,13 @@ TEST_CASE("cuda::sample_tokens draws model::sample_token's tokens: greedy, tempe
 
 namespace {
 using CpuModel = model::Decoder<backend::Cpu, precision::Fp32>;
-
-/// Decoder<Cpu>::loss() (the masked token-mean NLL) of the same weights, computed on backend::Cuda:
-/// decoder.hpp's forward written out with Cuda::gemm, Cuda::add and the cuda:: kernels. Only the
-/// weights and the batch's index arrays are uploaded; only the per-row NLL comes back.
-double cuda_loss(CpuModel const& m, model::PackedBatch const& batch, std::vector<std::uint8_t> const& mask) {
-  namespace gpu = backend::cuda;
-  auto const& c = m.config();
-  auto const& w = m.weights();
-  Index const n = batch.n_tokens(), d = c.hidden, f = c.intermediate, V = c.vocab, n_seq = batch.n_seq();
-  auto mat = [](auto& buf, Index rows, Index cols) { return MatrixView<float>{Cuda::data(buf), rows, cols}; };
-  auto cmat = [](auto const& buf, Index rows, Index cols) { return ConstMatrixView<float>{Cuda::data(buf), rows, cols}; };
-  auto upload_view = [](ConstMatrixView<float> v) { return to_device(std::vector<float>(v.data, v.data + v.rows * v.ld)); };
-  auto ids = to_device(batch.ids);
-  auto positions = to_device(batch.positions);
-  auto offsets = to_device(batch.offsets);
-
-  auto x = Cuda::zeros<float>(n * d);  // (n, d) residual stream
-  auto const embed = upload_view(w.embed.view());
-  gpu::embedding_forward(cmat(embed, V, d), Cuda::data(ids), mat(x, n, d));
-  auto h = Cuda::zeros<float>(n * d);  // (n, d)
-  for (int l = 0; l < c.n_layers; ++l) {
-    auto const& L = w.layers[static_cast<std::size_t>(l)];
-    auto const attn_norm = to_device(L.attn_norm), mlp_norm = to_device(L.mlp_norm);
-    // Y = X W_p^T (+ bias).   X: (n, in), returns (n, W_p rows)
-    auto linear = [&](int p, auto const& X, Index in) {
-      auto const& W = L.proj[static_cast<std::size_t>(p)];
-      auto const Wd = upload_view(W.view());
-      auto Y = Cuda::zeros<float>(n * W.rows);
-      Cuda::gemm(Op::N, Op::T, 1.0f, cmat(X, n, in), cmat(Wd, W.rows, W.cols), 0.0f, mat(Y, n, W.rows));
-      if (c.qkv_bias && p < 3) {
-        auto const bias = to_device(L.qkv_bias[static_cast<std::size_t>(p)]);
-        gpu::add_bias(mat(Y, n, W.rows), Cuda::data(bias));
-      }
-      return Y;
-    };
-    gpu::rmsnorm_forward(cmat(x, n, d), Cuda::data(attn_norm), c.rms_eps, mat(h, n, d));
-    auto q = linear(0, h, d), k = linear(1, h, d), v = linear(2, h, d);
-    gpu::rope_forward(mat(q, n, c.q_dim()), Cuda::data(positions), c.n_heads, c.head_dim, c.rope_theta);
-    gpu::rope_forward(mat(k, n, c.kv_dim()), Cuda::data(positions), c.n_kv_heads, c.head_dim, c.rope_theta);
-    auto attn = Cuda::zeros<float>(n * c.q_dim());
-    gpu::attention_forward(cmat(q, n, c.q_dim()), cmat(k, n, c.kv_dim()), cmat(v, n, c.kv_dim()), Cuda::data(offsets), n_seq,
-                           c.n_heads, c.n_kv_heads, c.head_dim, mat(attn, n, c.q_dim()));
-    Cuda::add(1.0f, cmat(linear(3, attn, c.q_dim()), n, d), mat(x, n, d));
-    gpu::rmsnorm_forward(cmat(x, n, d), Cuda::data(mlp_norm), c.rms_eps, mat(h, n, d));
-    auto gate = linear(4, h, d);
-    auto const up = linear(5, h, d);
-    gpu::swiglu_forward(cmat(gate, n, f), cmat(up, n, f), mat(gate, n, f));
-    Cuda::add(1.0f, cmat(linear(6, gate, f), n, d), mat(x, n, d));
-  }
-  auto const final_norm = to_device(w.final_norm);
-  gpu::rmsnorm_forward(cmat(x, n, d), Cuda::data(final_norm), c.rms_eps, mat(h, n, d));
-  auto const head = upload_view(w.head());
-  auto logits = Cuda::zeros<float>(n * V);  // (n, V): every row, the supervised ones picked below
-  Cuda::gemm(Op::N, Op::T, 1.0f, cmat(h, n, d), cmat(head, V, d), 0.0f, mat(logits, n, V));
-  std::vector<std::int32_t> targets(static_cast<std::size_t>(n), 0);  // row t predicts token t + 1
-  for (Index t = 0; t + 1 < n; ++t) targets[static_cast<std::size_t>(t)] = batch.ids[static_cast<std::size_t>(t + 1)];
-  auto const dev_targets = to_device(targets);
-  auto nll = Cuda::zeros<double>(n);
-  gpu::cross_entropy_forward(cmat(logits, n, V), Cuda::data(dev_targets), Cuda::data(nll));
-  std::vector<double> const row_nll = Cuda::download(nll);
-  double sum = 0;
-  Index count = 0;
-  for (Index s = 0; s < n_seq; ++s)
-    for (Index t = batch.offsets[static_cast<std::size_t>(s)] + 1; t < batch.offsets[static_cast<std::size_t>(s) + 1]; ++t)
-      if (mask[static_cast<std::size_t>(t)]) sum += row_nll[static_cast<std::size_t>(t - 1)], ++count;
-  return sum / static_cast<double>(count);
-}
-}  // namespace
-
-TEST_CASE("the tiny Llama and Qwen2 fixtures' masked loss on backend::Cuda equals Decoder<Cpu>::loss") {
-  if (!gpu_or_skip()) return;
-  auto const seed = test::seed(66);
-  for (char const* name : {"tiny_llama", "tiny_qwen2"}) {
-    INFO("model " << std::string(name));
-    auto const m = CpuModel::load_hf(test::source_dir() / "tests/reference/fixtures" / name);
-    CounterRng const rng(seed, streams::of(streams::kTest, 1));
-    model::PackedBatch batch;
-    std::vector<std::uint8_t> mask;
-    std::uint64_t draw = 0;
-    for (Index len : {Index{13}, Index{5}, Index{9}}) {
-      std::vector<std::int32_t> seq;
-      for (Index t = 0; t < len; ++t) {
-        seq.push_back(static_cast<std::int32_t>(rng.bits64(draw++) % static_cast<std::uint64_t>(m.config().vocab)));
-        mask.push_back(t >= len / 3 ? 1 : 0);
-      }
-      batch.add(seq);
-    }
-    double const want = m.loss(batch, mask).mean();
-    double const got = cuda_loss(m, batch, mask);
-    MESSAGE(std::string(name) << ": loss " << got << " on " << Cuda::name << ", " << want << " on cpu, relative difference "
-                              << std::abs(got - want) / want);
-    CHECK(got == doctest::Approx(want).epsilon(1e-4));
-  }
-}
-
-namespace {
 using Adapted = model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, backend::Cpu>;
 
-/// AdaptedModel<Cpu>::loss_and_gradient() computed on backend::Cuda: the forward of cuda_loss()
-/// with every adapted projection's Delta W applied by a LowRankCore<Cuda> holding the CPU module's
-/// L, K, R, its activations kept per layer, then the backward written out with the cuda:: backward
-/// kernels; each module's dK is reduced to theta as TinyLora does, dv_k = s <dK, P_k>.
+/// AdaptedModel<Cpu>::loss_and_gradient() computed on backend::Cuda: decoder.hpp's forward written
+/// out with Cuda::gemm, Cuda::add and the cuda:: kernels, every adapted projection's Delta W applied
+/// by a LowRankCore<Cuda> holding the CPU module's L, K, R, its activations kept per layer; then the
+/// backward written out with the cuda:: backward kernels, each module's dK reduced to theta as
+/// TinyLora does, dv_k = s <dK, P_k>. Only weights and index arrays go up; NLL rows and dK come back.
 std::pair<double, std::vector<float>> cuda_loss_and_gradient(CpuModel const& m, Adapted& adapted, model::PackedBatch const& batch,
                                                              std::vector<std::uint8_t> const& mask) {
   namespace gpu = backend::cuda;
@@ -783,6 +688,34 @@ std::pair<double, std::vector<float>> cuda_loss_and_gradient(CpuModel const& m, 
   return {sum / count, grad};
 }
 }  // namespace
+
+TEST_CASE("the tiny Llama and Qwen2 fixtures' masked loss on backend::Cuda equals Decoder<Cpu>::loss") {
+  if (!gpu_or_skip()) return;
+  auto const seed = test::seed(66);
+  for (char const* name : {"tiny_llama", "tiny_qwen2"}) {
+    INFO("model " << std::string(name));
+    auto m = CpuModel::load_hf(test::source_dir() / "tests/reference/fixtures" / name);
+    CounterRng const rng(seed, streams::of(streams::kTest, 1));
+    model::PackedBatch batch;
+    std::vector<std::uint8_t> mask;
+    std::uint64_t draw = 0;
+    for (Index len : {Index{13}, Index{5}, Index{9}}) {
+      std::vector<std::int32_t> seq;
+      for (Index t = 0; t < len; ++t) {
+        seq.push_back(static_cast<std::int32_t>(rng.bits64(draw++) % static_cast<std::uint64_t>(m.config().vocab)));
+        mask.push_back(t >= len / 3 ? 1 : 0);
+      }
+      batch.add(seq);
+    }
+    double const want = m.loss(batch, mask).mean();  // the base model, before any adapter
+    // The composed forward below runs with TinyLoRA attached at theta = 0, where Delta W = 0.
+    Adapted adapted(m, adapters::TinyLora<adapters::Paper>{}, tying::Tiling{3});
+    double const got = cuda_loss_and_gradient(m, adapted, batch, mask).first;
+    MESSAGE(std::string(name) << ": loss " << got << " on " << Cuda::name << ", " << want << " on cpu, relative difference "
+                              << std::abs(got - want) / want);
+    CHECK(got == doctest::Approx(want).epsilon(1e-4));
+  }
+}
 
 TEST_CASE("TinyLoRA's theta-gradient through the whole tiny Llama and Qwen2 on backend::Cuda equals the CPU's") {
   if (!gpu_or_skip()) return;
