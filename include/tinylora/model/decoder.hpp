@@ -286,12 +286,9 @@ class Decoder {
     int const pi = static_cast<int>(p);
     TINYLORA_PROFILE_SCOPE(kGemmNames[pi]);
     HostMatrix Y(X.rows(), m.rows);
-    if constexpr (kPanelDecode) {
-      if (decoding) backend::cpu::gemm_packed(view_of(X), decode_panels().proj[static_cast<std::size_t>(layer)][static_cast<std::size_t>(pi)], view_of(Y));
-      else B::gemm(Op::N, Op::T, 1.0f, view_of(X), m.view(), 0.0f, view_of(Y));
-    } else {
-      B::gemm(Op::N, Op::T, 1.0f, view_of(X), m.view(), 0.0f, view_of(Y));
-    }
+    product(view_of(X), m.view(), decoding, [&](DecodePanels const& d) -> auto const& {
+      return d.proj[static_cast<std::size_t>(layer)][static_cast<std::size_t>(pi)];
+    }, view_of(Y));
     if (config_.qkv_bias && pi < 3) backend::cpu::add_bias(view_of(Y), B::data(L.qkv_bias[static_cast<std::size_t>(pi)]));
     if (adapters_ != nullptr) {
       TINYLORA_PROFILE_SCOPE("adapters (apply)");
@@ -374,12 +371,7 @@ class Decoder {
     HostMatrix sel(static_cast<Index>(rows.size()), h.cols());
     for (std::size_t i = 0; i < rows.size(); ++i) sel.row(static_cast<Index>(i)) = h.row(rows[i]);
     HostMatrix logits(sel.rows(), config_.vocab);
-    if constexpr (kPanelDecode) {
-      if (decoding) backend::cpu::gemm_packed(view_of(sel), decode_panels().head, view_of(logits));
-      else B::gemm(Op::N, Op::T, 1.0f, view_of(sel), w_.head(), 0.0f, view_of(logits));
-    } else {
-      B::gemm(Op::N, Op::T, 1.0f, view_of(sel), w_.head(), 0.0f, view_of(logits));
-    }
+    product(view_of(sel), w_.head(), decoding, [](DecodePanels const& d) -> auto const& { return d.head; }, view_of(logits));
     return logits;
   }
 
@@ -396,6 +388,16 @@ class Decoder {
     std::vector<std::array<backend::cpu::PanelPackedWeight, kProjCount>> proj;  // (n_layers, kProjCount) as w_.layers[l].proj
     backend::cpu::PanelPackedWeight head;                              // E_head (V, d)
   };
+
+  /// Y = X W^T; in a decode step through W's packed copy, packed(decode_panels()).
+  ///   X: (n, d_in), W: (d_out, d_in), Y: (n, d_out)
+  template <class Packed>
+  void product(ConstMatrixView<float> X, ConstMatrixView<W> Wt, bool decoding, Packed packed, MatrixView<float> Y) const {
+    if constexpr (kPanelDecode) {
+      if (decoding) return backend::cpu::gemm_packed(X, packed(decode_panels()), Y);
+    }
+    B::gemm(Op::N, Op::T, 1.0f, X, Wt, 0.0f, Y);
+  }
 
   /// The packed copies, made on first use (thread-safe: parallel decode parts may ask at once).
   DecodePanels const& decode_panels() const {
