@@ -20,7 +20,7 @@ using Adapter = adapters::TinyLora<adapters::Paper>;
 using Tie = tying::Tiling;
 using Precision = precision::Fp32;
 using Optimizer = optim::AdamW;
-using Backend = backend::Cpu;
+using Backend = backend::Default;  // backend::Cpu; backend::Cuda under the cuda preset (backend/default.hpp)
 using Experiment = Recipe<Adapter, Tie, Precision, Optimizer, Backend>;
 
 int main(int argc, char** argv) {

@@ -21,7 +21,7 @@ using namespace tinylora;
 using Conventions = TypeList<adapters::Reference, adapters::Paper, adapters::Peft, adapters::Fork>;
 using Tie = tying::Tiling;
 using Precision = precision::Fp32;
-using Backend = backend::Cpu;
+using Backend = backend::Default;  // backend::Cpu; backend::Cuda under the cuda preset (backend/default.hpp)
 
 struct Options {
   std::string model = cli::default_model_path(), data = "data/arith/test.jsonl";

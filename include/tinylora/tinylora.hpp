@@ -4,6 +4,7 @@
 
 #include "tinylora/adapters/adapters.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
+#include "tinylora/backend/default.hpp"
 #include "tinylora/core/module.hpp"
 #include "tinylora/core/rng.hpp"
 #include "tinylora/core/type_list.hpp"

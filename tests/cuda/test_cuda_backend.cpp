@@ -3,9 +3,9 @@
 // NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors; and the
 // decoder's forward and backward operations (backend/cuda/kernels*.cuh) against backend/cpu/'s; and
 // the adapters' low-rank core (apply, backward with its dK, Delta W, merge) on both backends; and
-// token sampling on the device against model::sample_token; and the whole forward of the tiny
-// Llama and Qwen2 fixtures composed from those operations against Decoder<Cpu>::loss, and its
-// backward: TinyLoRA's theta-gradient on backend::Cuda against AdaptedModel<..., Cpu>'s.
+// token sampling on the device against model::sample_token; and Decoder<Cuda> (backend/cuda/
+// decoder.cuh) against Decoder<Cpu> on the tiny Llama and Qwen2 fixtures: loss, logits, log-probs,
+// TinyLoRA's theta-gradient through AdaptedModel, a policy-gradient objective, merge, generation.
 // Built twice: by g++ under Thrust's OpenMP device system (test_cuda_backend_omp, in CI), and by
 // nvcc as CUDA (test_cuda_backend_cuda, the `cuda` preset), where it skips without a GPU.
 #include <doctest/doctest.h>
@@ -25,6 +25,7 @@
 #include "tinylora/backend/cuda/kernels.cuh"
 #include "tinylora/backend/cuda/kernels_backward.cuh"
 #include "tinylora/backend/cuda/sampling.cuh"
+#include "tinylora/backend/cuda/decoder.cuh"
 #include "tinylora/adapters/tiny_lora.hpp"
 #include "tinylora/model/adapted.hpp"
 #include "tinylora/model/generate.hpp"
@@ -515,239 +516,161 @@ TEST_CASE("cuda::sample_tokens draws model::sample_token's tokens: greedy, tempe
 
 namespace {
 using CpuModel = model::Decoder<backend::Cpu, precision::Fp32>;
-using Adapted = model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, backend::Cpu>;
+using CudaModel = model::Decoder<backend::Cuda, precision::Fp32>;
+template <class B>
+using Adapted = model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, B>;
 
-/// AdaptedModel<Cpu>::loss_and_gradient() computed on backend::Cuda: decoder.hpp's forward written
-/// out with Cuda::gemm, Cuda::add and the cuda:: kernels, every adapted projection's Delta W applied
-/// by a LowRankCore<Cuda> holding the CPU module's L, K, R, its activations kept per layer; then the
-/// backward written out with the cuda:: backward kernels, each module's dK reduced to theta as
-/// TinyLora does, dv_k = s <dK, P_k>. Only weights and index arrays go up; NLL rows and dK come back.
-std::pair<double, std::vector<float>> cuda_loss_and_gradient(CpuModel const& m, Adapted& adapted, model::PackedBatch const& batch,
-                                                             std::vector<std::uint8_t> const& mask) {
-  namespace gpu = backend::cuda;
-  using Buffer = Cuda::Buffer<float>;
-  auto const& c = m.config();
-  auto const& w = m.weights();
-  auto& set = adapted.adapter_set();
-  Index const n = batch.n_tokens(), d = c.hidden, f = c.intermediate, V = c.vocab, n_seq = batch.n_seq();
-  Index const qd = c.q_dim(), kvd = c.kv_dim();
-  auto mat = [](Buffer& buf, Index rows, Index cols) { return MatrixView<float>{Cuda::data(buf), rows, cols}; };
-  auto cmat = [](Buffer const& buf, Index rows, Index cols) { return ConstMatrixView<float>{Cuda::data(buf), rows, cols}; };
-  auto upload_view = [](ConstMatrixView<float> v) { return to_device(std::vector<float>(v.data, v.data + v.rows * v.ld)); };
-  auto ids = to_device(batch.ids);
-  auto positions = to_device(batch.positions);
-  auto offsets = to_device(batch.offsets);
+std::filesystem::path fixture(char const* name) { return test::source_dir() / "tests/reference/fixtures" / name; }
 
-  // The adapters: one LowRankCore<Cuda> per module, from the CPU module's factors and K.
-  std::vector<adapters::LowRankCore<Cuda, precision::Fp32>> cores;
-  std::vector<std::array<Index, model::kProjCount>> module_of(static_cast<std::size_t>(c.n_layers));
-  for (auto& row : module_of) row.fill(-1);
-  auto const& types = default_target_types();
-  for (Index i = 0; i < set.n_modules(); ++i) {
-    auto const& cpu_core = set.module(i).core();
-    auto host = [](ConstMatrixView<float> v) { return HostMatrix(Eigen::Map<HostMatrix const>(v.data, v.rows, v.cols)); };
-    cores.emplace_back(host(cpu_core.L()), host(cpu_core.R()));
-    cores.back().set_K(std::span<float const>(cpu_core.K().data, static_cast<std::size_t>(cpu_core.r() * cpu_core.r())));
-    auto const& info = set.modules()[static_cast<std::size_t>(i)];
-    auto const p = std::find(types.begin(), types.end(), info.type) - types.begin();
-    module_of[static_cast<std::size_t>(info.layer)][static_cast<std::size_t>(p)] = i;
-  }
-
-  struct Layer {  // what the backward needs, all (n, .) on the device
-    Buffer x_in, h1, rstd1, q, k, v, attn, x_mid, h2, rstd2, gate, up, act;
-    std::array<Buffer, model::kProjCount> weight;  // W_p (rows, cols)
-  };
-  std::vector<Layer> saved(static_cast<std::size_t>(c.n_layers));
-  auto linear = [&](int l, int p, Buffer const& X, Index in) {
-    auto const& L = w.layers[static_cast<std::size_t>(l)];
-    auto const& W = L.proj[static_cast<std::size_t>(p)];
-    Buffer Y = Cuda::zeros<float>(n * W.rows);
-    Cuda::gemm(Op::N, Op::T, 1.0f, cmat(X, n, in), cmat(saved[static_cast<std::size_t>(l)].weight[static_cast<std::size_t>(p)], W.rows, W.cols),
-               0.0f, mat(Y, n, W.rows));
-    if (c.qkv_bias && p < 3) {
-      auto const bias = to_device(L.qkv_bias[static_cast<std::size_t>(p)]);
-      gpu::add_bias(mat(Y, n, W.rows), Cuda::data(bias));
+/// Sequences of the given lengths with random tokens; token t of a sequence of length len is
+/// supervised when t >= len * from.
+std::pair<model::PackedBatch, std::vector<std::uint8_t>> random_batch(CounterRng const& rng, std::uint64_t first_draw, Index vocab,
+                                                                      std::vector<Index> const& lengths, double from) {
+  model::PackedBatch batch;
+  std::vector<std::uint8_t> mask;
+  std::uint64_t draw = first_draw;
+  for (Index len : lengths) {
+    std::vector<std::int32_t> seq;
+    for (Index t = 0; t < len; ++t) {
+      seq.push_back(static_cast<std::int32_t>(rng.bits64(draw++) % static_cast<std::uint64_t>(vocab)));
+      mask.push_back(static_cast<double>(t) >= static_cast<double>(len) * from ? 1 : 0);
     }
-    Index const i = module_of[static_cast<std::size_t>(l)][static_cast<std::size_t>(p)];
-    if (i >= 0) cores[static_cast<std::size_t>(i)].apply(cmat(X, n, in), mat(Y, n, W.rows));
-    return Y;
-  };
-  // dX += dY W_p and the adapter's part (its dK accumulates).   dY: (n, rows), dX: (n, cols)
-  auto linear_backward = [&](int l, int p, Buffer const& X, Buffer const& dY, Buffer& dX) {
-    auto const& W = w.layers[static_cast<std::size_t>(l)].proj[static_cast<std::size_t>(p)];
-    Cuda::gemm(Op::N, Op::N, 1.0f, cmat(dY, n, W.rows), cmat(saved[static_cast<std::size_t>(l)].weight[static_cast<std::size_t>(p)], W.rows, W.cols),
-               1.0f, mat(dX, n, W.cols));
-    Index const i = module_of[static_cast<std::size_t>(l)][static_cast<std::size_t>(p)];
-    if (i >= 0) cores[static_cast<std::size_t>(i)].backward(cmat(X, n, W.cols), cmat(dY, n, W.rows), mat(dX, n, W.cols));
-  };
-
-  // Forward, keeping every layer's activations.
-  Buffer x = Cuda::zeros<float>(n * d);  // (n, d)
-  auto const embed = upload_view(w.embed.view());
-  gpu::embedding_forward(cmat(embed, V, d), Cuda::data(ids), mat(x, n, d));
-  for (int l = 0; l < c.n_layers; ++l) {
-    auto const& L = w.layers[static_cast<std::size_t>(l)];
-    Layer& a = saved[static_cast<std::size_t>(l)];
-    for (int p = 0; p < model::kProjCount; ++p) a.weight[static_cast<std::size_t>(p)] = upload_view(L.proj[static_cast<std::size_t>(p)].view());
-    auto const attn_norm = to_device(L.attn_norm), mlp_norm = to_device(L.mlp_norm);
-    a.x_in = x;
-    a.h1 = Cuda::zeros<float>(n * d);
-    a.rstd1 = Cuda::zeros<float>(n);
-    gpu::rmsnorm_forward(cmat(x, n, d), Cuda::data(attn_norm), c.rms_eps, mat(a.h1, n, d), Cuda::data(a.rstd1));
-    a.q = linear(l, 0, a.h1, d);
-    a.k = linear(l, 1, a.h1, d);
-    a.v = linear(l, 2, a.h1, d);
-    gpu::rope_forward(mat(a.q, n, qd), Cuda::data(positions), c.n_heads, c.head_dim, c.rope_theta);
-    gpu::rope_forward(mat(a.k, n, kvd), Cuda::data(positions), c.n_kv_heads, c.head_dim, c.rope_theta);
-    a.attn = Cuda::zeros<float>(n * qd);
-    gpu::attention_forward(cmat(a.q, n, qd), cmat(a.k, n, kvd), cmat(a.v, n, kvd), Cuda::data(offsets), n_seq, c.n_heads,
-                           c.n_kv_heads, c.head_dim, mat(a.attn, n, qd));
-    Cuda::add(1.0f, cmat(linear(l, 3, a.attn, qd), n, d), mat(x, n, d));
-    a.x_mid = x;
-    a.h2 = Cuda::zeros<float>(n * d);
-    a.rstd2 = Cuda::zeros<float>(n);
-    gpu::rmsnorm_forward(cmat(x, n, d), Cuda::data(mlp_norm), c.rms_eps, mat(a.h2, n, d), Cuda::data(a.rstd2));
-    a.gate = linear(l, 4, a.h2, d);
-    a.up = linear(l, 5, a.h2, d);
-    a.act = Cuda::zeros<float>(n * f);
-    gpu::swiglu_forward(cmat(a.gate, n, f), cmat(a.up, n, f), mat(a.act, n, f));
-    Cuda::add(1.0f, cmat(linear(l, 6, a.act, f), n, d), mat(x, n, d));
+    batch.add(seq);
   }
-  auto const final_norm = to_device(w.final_norm);
-  Buffer y = Cuda::zeros<float>(n * d), rstd_final = Cuda::zeros<float>(n);
-  gpu::rmsnorm_forward(cmat(x, n, d), Cuda::data(final_norm), c.rms_eps, mat(y, n, d), Cuda::data(rstd_final));
-  auto const head = upload_view(w.head());
-  Buffer logits = Cuda::zeros<float>(n * V);  // (n, V)
-  Cuda::gemm(Op::N, Op::T, 1.0f, cmat(y, n, d), cmat(head, V, d), 0.0f, mat(logits, n, V));
+  return {batch, mask};
+}
 
-  // The loss: row t predicts token t + 1 where that token is supervised; weight 0 elsewhere.
-  std::vector<std::int32_t> targets(static_cast<std::size_t>(n), 0);
-  std::vector<float> row_weight(static_cast<std::size_t>(n), 0.0f);
-  for (Index s = 0; s < n_seq; ++s)
-    for (Index t = batch.offsets[static_cast<std::size_t>(s)] + 1; t < batch.offsets[static_cast<std::size_t>(s) + 1]; ++t)
-      if (mask[static_cast<std::size_t>(t)]) {
-        targets[static_cast<std::size_t>(t - 1)] = batch.ids[static_cast<std::size_t>(t)];
-        row_weight[static_cast<std::size_t>(t - 1)] = 1.0f;
-      }
-  double const count = std::count(row_weight.begin(), row_weight.end(), 1.0f);
-  auto const dev_targets = to_device(targets);
-  auto const dev_weight = to_device(row_weight);
-  auto nll = Cuda::zeros<double>(n);
-  gpu::cross_entropy_forward(cmat(logits, n, V), Cuda::data(dev_targets), Cuda::data(nll));
-  std::vector<double> const row_nll = Cuda::download(nll);
-  double sum = 0;
-  for (Index t = 0; t < n; ++t) sum += row_weight[static_cast<std::size_t>(t)] * row_nll[static_cast<std::size_t>(t)];
-
-  // Backward of the token mean.
-  for (auto& core : cores) core.zero_grad();
-  gpu::cross_entropy_backward(cmat(logits, n, V), Cuda::data(dev_targets), static_cast<float>(1.0 / count), mat(logits, n, V),
-                              Cuda::data(dev_weight));
-  Buffer dy = Cuda::zeros<float>(n * d);
-  Cuda::gemm(Op::N, Op::N, 1.0f, cmat(logits, n, V), cmat(head, V, d), 0.0f, mat(dy, n, d));
-  Buffer dx = Cuda::zeros<float>(n * d);  // dL/dx, the residual stream
-  gpu::rmsnorm_backward(cmat(x, n, d), Cuda::data(final_norm), Cuda::data(rstd_final), cmat(dy, n, d), mat(dx, n, d));
-  for (int l = c.n_layers - 1; l >= 0; --l) {
-    auto const& L = w.layers[static_cast<std::size_t>(l)];
-    Layer& a = saved[static_cast<std::size_t>(l)];
-    auto const attn_norm = to_device(L.attn_norm), mlp_norm = to_device(L.mlp_norm);
-    Buffer d_act = Cuda::zeros<float>(n * f);
-    linear_backward(l, 6, a.act, dx, d_act);
-    Buffer dgate = Cuda::zeros<float>(n * f), dup = Cuda::zeros<float>(n * f);
-    gpu::swiglu_backward(cmat(a.gate, n, f), cmat(a.up, n, f), cmat(d_act, n, f), mat(dgate, n, f), mat(dup, n, f));
-    Buffer dh2 = Cuda::zeros<float>(n * d);
-    linear_backward(l, 4, a.h2, dgate, dh2);
-    linear_backward(l, 5, a.h2, dup, dh2);
-    gpu::rmsnorm_backward(cmat(a.x_mid, n, d), Cuda::data(mlp_norm), Cuda::data(a.rstd2), cmat(dh2, n, d), mat(dx, n, d));
-    Buffer dattn = Cuda::zeros<float>(n * qd);
-    linear_backward(l, 3, a.attn, dx, dattn);
-    Buffer dq = Cuda::zeros<float>(n * qd), dk = Cuda::zeros<float>(n * kvd), dv = Cuda::zeros<float>(n * kvd);
-    gpu::attention_backward(cmat(a.q, n, qd), cmat(a.k, n, kvd), cmat(a.v, n, kvd), Cuda::data(offsets), n_seq, c.n_heads,
-                            c.n_kv_heads, c.head_dim, cmat(dattn, n, qd), mat(dq, n, qd), mat(dk, n, kvd), mat(dv, n, kvd));
-    gpu::rope_backward(mat(dq, n, qd), Cuda::data(positions), c.n_heads, c.head_dim, c.rope_theta);
-    gpu::rope_backward(mat(dk, n, kvd), Cuda::data(positions), c.n_kv_heads, c.head_dim, c.rope_theta);
-    Buffer dh1 = Cuda::zeros<float>(n * d);
-    linear_backward(l, 0, a.h1, dq, dh1);
-    linear_backward(l, 1, a.h1, dk, dh1);
-    linear_backward(l, 2, a.h1, dv, dh1);
-    gpu::rmsnorm_backward(cmat(a.x_in, n, d), Cuda::data(attn_norm), Cuda::data(a.rstd1), cmat(dh1, n, d), mat(dx, n, d));
-  }
-
-  // theta: dv_k = s <dK, P_k> of every module, summed into its tie group's slots.
-  std::vector<float> grad(static_cast<std::size_t>(set.count()), 0.0f);
-  for (Index i = 0; i < set.n_modules(); ++i) {
-    auto const& module = set.module(i);
-    std::vector<float> const dK = cores[static_cast<std::size_t>(i)].dK();
-    auto const [first, last] = set.slots(set.group_of(i));
-    Index const rr = static_cast<Index>(dK.size());
-    for (Index k = first; k < last; ++k) {
-      double acc = 0;
-      for (Index j = 0; j < rr; ++j) acc += double{dK[static_cast<std::size_t>(j)]} * module.projection().data()[(k - first) * rr + j];
-      grad[static_cast<std::size_t>(k)] += module.scale() * static_cast<float>(acc);
-    }
-  }
-  return {sum / count, grad};
+double max_relative(HostMatrix const& got, HostMatrix const& want) {
+  return static_cast<double>((got - want).cwiseAbs().maxCoeff()) / std::max(1e-30, static_cast<double>(want.cwiseAbs().maxCoeff()));
 }
 }  // namespace
 
-TEST_CASE("the tiny Llama and Qwen2 fixtures' masked loss on backend::Cuda equals Decoder<Cpu>::loss") {
+TEST_CASE("Decoder<Cuda> equals Decoder<Cpu> on the tiny Llama and Qwen2 fixtures: loss, logits, hidden states, log-probs") {
   if (!gpu_or_skip()) return;
   auto const seed = test::seed(66);
   for (char const* name : {"tiny_llama", "tiny_qwen2"}) {
     INFO("model " << std::string(name));
-    auto m = CpuModel::load_hf(test::source_dir() / "tests/reference/fixtures" / name);
+    auto const cpu = CpuModel::load_hf(fixture(name));
+    auto const gpu = CudaModel::load_hf(fixture(name));
     CounterRng const rng(seed, streams::of(streams::kTest, 1));
-    model::PackedBatch batch;
-    std::vector<std::uint8_t> mask;
-    std::uint64_t draw = 0;
-    for (Index len : {Index{13}, Index{5}, Index{9}}) {
-      std::vector<std::int32_t> seq;
-      for (Index t = 0; t < len; ++t) {
-        seq.push_back(static_cast<std::int32_t>(rng.bits64(draw++) % static_cast<std::uint64_t>(m.config().vocab)));
-        mask.push_back(t >= len / 3 ? 1 : 0);
-      }
-      batch.add(seq);
-    }
-    double const want = m.loss(batch, mask).mean();  // the base model, before any adapter
-    // The composed forward below runs with TinyLoRA attached at theta = 0, where Delta W = 0.
-    Adapted adapted(m, adapters::TinyLora<adapters::Paper>{}, tying::Tiling{3});
-    double const got = cuda_loss_and_gradient(m, adapted, batch, mask).first;
+    auto const [batch, mask] = random_batch(rng, 0, cpu.config().vocab, {13, 5, 9}, 1.0 / 3.0);
+    double const want = cpu.loss(batch, mask).mean(), got = gpu.loss(batch, mask, /*chunk=*/4).mean();
     MESSAGE(std::string(name) << ": loss " << got << " on " << Cuda::name << ", " << want << " on cpu, relative difference "
                               << std::abs(got - want) / want);
-    CHECK(got == doctest::Approx(want).epsilon(1e-4));
+    CHECK(got == doctest::Approx(want).epsilon(1e-5));
+    CHECK(gpu.loss(batch, mask).n_tokens == cpu.loss(batch, mask).n_tokens);
+    double const e_logits = max_relative(gpu.logits(batch), cpu.logits(batch));
+    double const e_hidden = max_relative(gpu.hidden_states(batch), cpu.hidden_states(batch));
+    MESSAGE("logits " << e_logits << ", hidden states " << e_hidden << " (max relative difference)");
+    CHECK(e_logits <= 1e-5);
+    CHECK(e_hidden <= 1e-5);
+    auto const lp_cpu = cpu.token_logprobs(batch, mask, 0.7f), lp_gpu = gpu.token_logprobs(batch, mask, 0.7f, /*chunk=*/3);
+    CHECK(lp_gpu.size() == lp_cpu.size());
+    CHECK(test::relative_error(lp_gpu, lp_cpu) <= 1e-5);
   }
 }
 
-TEST_CASE("TinyLoRA's theta-gradient through the whole tiny Llama and Qwen2 on backend::Cuda equals the CPU's") {
+TEST_CASE("AdaptedModel on backend::Cuda: TinyLoRA's loss, theta-gradient and policy-gradient objective equal the CPU's") {
   if (!gpu_or_skip()) return;
   auto const seed = test::seed(67);
   for (char const* name : {"tiny_llama", "tiny_qwen2"}) {
     INFO("model " << std::string(name));
-    auto m = CpuModel::load_hf(test::source_dir() / "tests/reference/fixtures" / name);
+    auto cpu = CpuModel::load_hf(fixture(name));
+    auto gpu = CudaModel::load_hf(fixture(name));
     adapters::TinyLora<adapters::Paper> kind;
     kind.u = 2;
-    Adapted adapted(m, kind, tying::Tiling{3});
+    Adapted<Cpu> on_cpu(cpu, kind, tying::Tiling{3});
+    Adapted<Cuda> on_gpu(gpu, kind, tying::Tiling{3});
+    CHECK(on_gpu.count() == on_cpu.count());
     CounterRng const rng(seed, streams::of(streams::kTest, 2));
-    std::vector<float> theta(static_cast<std::size_t>(adapted.count()));
+    std::vector<float> theta(static_cast<std::size_t>(on_cpu.count()));
     for (std::size_t i = 0; i < theta.size(); ++i) theta[i] = 0.3f * rng.normal(i);
-    adapted.set_theta(theta);
-    model::PackedBatch batch;
-    std::vector<std::uint8_t> mask;
-    std::uint64_t draw = 0;
-    for (Index len : {Index{11}, Index{6}, Index{8}}) {
-      std::vector<std::int32_t> seq;
-      for (Index t = 0; t < len; ++t) {
-        seq.push_back(static_cast<std::int32_t>(rng.bits64(1000 + draw++) % static_cast<std::uint64_t>(m.config().vocab)));
-        mask.push_back(t >= len / 2 ? 1 : 0);
-      }
-      batch.add(seq);
-    }
-    auto const [cpu_loss, cpu_grad] = adapted.loss_and_gradient(batch, mask);
-    auto const [loss, grad] = cuda_loss_and_gradient(m, adapted, batch, mask);
-    double const err = test::relative_error(grad, cpu_grad);
-    MESSAGE(std::string(name) << ": " << theta.size() << " scalars, loss " << loss << " (cpu " << cpu_loss.mean()
+    on_cpu.set_theta(theta);
+    on_gpu.set_theta(theta);
+    auto const [batch, mask] = random_batch(rng, 1000, cpu.config().vocab, {11, 6, 8}, 0.5);
+    auto const [cpu_loss, cpu_grad] = on_cpu.loss_and_gradient(batch, mask);
+    auto const [gpu_loss, gpu_grad] = on_gpu.loss_and_gradient(batch, mask);
+    double const err = test::relative_error(gpu_grad, cpu_grad);
+    MESSAGE(std::string(name) << ": " << theta.size() << " scalars, loss " << gpu_loss.mean() << " (cpu " << cpu_loss.mean()
                               << "), gradient relative error " << err << ", |g| " << optim::global_norm(cpu_grad));
-    CHECK(loss == doctest::Approx(cpu_loss.mean()).epsilon(1e-4));
+    CHECK(gpu_loss.mean() == doctest::Approx(cpu_loss.mean()).epsilon(1e-5));
     CHECK(err <= 1e-4);
     CHECK(optim::global_norm(cpu_grad) > 1e-6);
+    // A policy-gradient objective J = sum_t a_t logp_t at T = 0.8: dJ/dlogp = a.
+    auto objective = [](std::span<float const> logp) {
+      std::vector<float> a(logp.size());
+      for (std::size_t i = 0; i < a.size(); ++i) a[i] = (i % 3 == 0) ? 1.0f : -0.5f;
+      return a;
+    };
+    auto const [cpu_lp, cpu_g] = on_cpu.objective_and_gradient(batch, mask, 0.8f, objective);
+    auto const [gpu_lp, gpu_g] = on_gpu.objective_and_gradient(batch, mask, 0.8f, objective);
+    CHECK(test::relative_error(gpu_lp, cpu_lp) <= 1e-5);
+    double const err_j = test::relative_error(gpu_g, cpu_g);
+    MESSAGE("objective gradient relative error " << err_j);
+    CHECK(err_j <= 1e-4);
+    // merge() writes Delta W into the device weights: the adapter-free forward gives the same loss.
+    double const fused = on_gpu.model().loss(batch, mask).mean();
+    on_gpu.merge();
+    double const merged = gpu.loss(batch, mask).mean();
+    on_gpu.unmerge();
+    CHECK(merged == doctest::Approx(fused).epsilon(1e-5));
+    CHECK(gpu.loss(batch, mask).mean() == doctest::Approx(fused).epsilon(1e-6));
   }
+}
+
+TEST_CASE("generate() on Decoder<Cuda> samples on the device and draws Decoder<Cpu>'s completions") {
+  if (!gpu_or_skip()) return;
+  auto const seed = test::seed(68);
+  auto const cpu = CpuModel::load_hf(fixture("tiny_llama"));
+  auto const gpu = CudaModel::load_hf(fixture("tiny_llama"));
+  CounterRng const rng(seed, streams::of(streams::kTest, 3));
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (Index len : {Index{4}, Index{7}}) {
+    std::vector<std::int32_t> p;
+    for (Index t = 0; t < len; ++t) p.push_back(static_cast<std::int32_t>(rng.bits64(static_cast<std::uint64_t>(len * 10 + t)) % 200));
+    prompts.push_back(p);
+  }
+  model::SamplingOptions greedy{.greedy = true};
+  model::SamplingOptions nucleus{.temperature = 0.9f, .top_k = 40, .top_p = 0.9f, .seed = seed};
+  for (auto const& sampling : {greedy, nucleus}) {
+    // The stop token: one the CPU draws mid-way, so that completions stop at different steps.
+    model::GenerationOptions o{.max_new_tokens = 12, .n_samples = 3, .stop_ids = {}, .sampling = sampling};
+    o.stop_ids = {model::generate(cpu, prompts, o)[1].tokens[4]};
+    auto const want = model::generate(cpu, prompts, o);
+    auto const got = model::generate(gpu, prompts, o);
+    REQUIRE(got.size() == want.size());
+    Index tokens = 0, stopped = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i].tokens == want[i].tokens);
+      CHECK(got[i].stopped == want[i].stopped);
+      REQUIRE(got[i].logprobs.size() == want[i].logprobs.size());
+      for (std::size_t t = 0; t < got[i].logprobs.size(); ++t) {
+        CHECK(got[i].logprobs[t] == doctest::Approx(want[i].logprobs[t]).epsilon(1e-4));
+        CHECK(got[i].policy_logprobs[t] == doctest::Approx(want[i].policy_logprobs[t]).epsilon(1e-4));
+      }
+      tokens += static_cast<Index>(got[i].tokens.size());
+      stopped += got[i].stopped;
+    }
+    CHECK(stopped >= 1);
+    MESSAGE(std::string(sampling.greedy ? "greedy" : "temperature 0.9, top-k 40, top-p 0.9") << ": " << tokens << " tokens in "
+                                                                                           << got.size() << " completions, "
+                                                                                           << stopped << " stopped");
+  }
+}
+
+TEST_CASE("Decoder<Cuda> rejects bad input with the host decoder's messages") {
+  if (!gpu_or_skip()) return;
+  auto const gpu = CudaModel::load_hf(fixture("tiny_llama"));
+  model::PackedBatch batch;
+  std::vector<std::int32_t> const bad{1, 2, static_cast<std::int32_t>(gpu.config().vocab)};
+  batch.add(bad);
+  std::vector<std::uint8_t> const mask{0, 1, 1};
+  CHECK_THROWS_WITH_AS(gpu.loss(batch, mask), doctest::Contains("outside the vocabulary"), Error);
+  CHECK_THROWS_WITH_AS(gpu.loss(batch, std::vector<std::uint8_t>{1}), doctest::Contains("mask has 1 entries for 3 tokens"), Error);
+  model::DeviceKvCache cache(gpu.config().n_layers, 1, 2, gpu.config().kv_dim());
+  std::vector<std::int32_t> const one{5};
+  std::vector<Index> const slot{0};
+  gpu.decode_step(one, slot, cache);
+  gpu.decode_step(one, slot, cache);
+  CHECK_THROWS_WITH_AS(gpu.decode_step(one, slot, cache), doctest::Contains("is full (capacity 2)"), Error);
 }

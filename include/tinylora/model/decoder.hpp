@@ -99,30 +99,73 @@ struct KvCache {
   }
 };
 
+/// The rows whose logits predict a supervised token (t - 1 for every supervised t > 0 of a
+/// sequence) and those tokens.   returns (rows, targets), both (m)
+inline std::pair<std::vector<Index>, std::vector<std::int32_t>> supervised_targets(PackedBatch const& batch,
+                                                                                  std::span<std::uint8_t const> supervised,
+                                                                                  char const* who) {
+  TINYLORA_CHECK(static_cast<Index>(supervised.size()) == batch.n_tokens(), who, ": mask has ", supervised.size(),
+                 " entries for ", batch.n_tokens(), " tokens");
+  std::vector<Index> rows;
+  std::vector<std::int32_t> targets;
+  for (Index s = 0; s < batch.n_seq(); ++s)
+    for (Index t = batch.offsets[s] + 1; t < batch.offsets[s + 1]; ++t)
+      if (supervised[static_cast<std::size_t>(t)]) {
+        rows.push_back(t - 1);
+        targets.push_back(batch.ids[static_cast<std::size_t>(t)]);
+      }
+  return {std::move(rows), std::move(targets)};
+}
+
+/// The last token's row of every sequence (where the next token's logits are read).   returns (n_seq)
+inline std::vector<Index> last_rows(PackedBatch const& batch) {
+  std::vector<Index> rows;
+  for (Index s = 0; s < batch.n_seq(); ++s) rows.push_back(batch.offsets[s + 1] - 1);
+  return rows;
+}
+
+/// A decoder's configuration and weights from a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K
+/// tensors, dequantized).
+template <class B, class P>
+std::pair<ModelConfig, ModelWeights<B, P>> load_model_gguf(std::filesystem::path const& path) {
+  io::GgufFile const f = io::GgufFile::open(path);
+  ModelConfig c = config_from_gguf(f);
+  auto w = load_weights_gguf<B, P>(f, c);
+  return {std::move(c), std::move(w)};
+}
+
+/// The same from a Hugging Face model folder (config.json + safetensors).
+template <class B, class P>
+std::pair<ModelConfig, ModelWeights<B, P>> load_model_hf(std::filesystem::path const& dir) {
+  auto const hf = io::HfModelDir::open(dir);
+  ModelConfig c = config_from_hf(hf);
+  auto w = load_weights_hf<B, P>(hf, c);
+  return {std::move(c), std::move(w)};
+}
+
+/// The frozen weight of one projection as a host float matrix (d_out, d_in), e.g. for its SVD.
+template <class B, class P>
+HostMatrix weight_matrix_of(ModelWeights<B, P> const& w, int layer, Proj p) {
+  auto const& m = w.layers[static_cast<std::size_t>(layer)].proj[static_cast<int>(p)];
+  auto const host = B::download(m.data);
+  HostMatrix out(m.rows, m.cols);
+  for (Index i = 0; i < out.size(); ++i) out.data()[i] = static_cast<float>(host[static_cast<std::size_t>(i)]);
+  return out;
+}
+
 template <class B, class P>
 class Decoder {
  public:
   using W = typename P::weight_type;
+  using Cache = KvCache;  // what generate() allocates for decode_step()
 
   Decoder(ModelConfig config, ModelWeights<B, P> weights) : config_(std::move(config)), w_(std::move(weights)) {}
+  explicit Decoder(std::pair<ModelConfig, ModelWeights<B, P>> loaded) : Decoder(std::move(loaded.first), std::move(loaded.second)) {}
 
-  /// Loads a GGUF decoder (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K tensors, dequantized).
-  static Decoder load_gguf(std::filesystem::path const& path) {
-    io::GgufFile const f = io::GgufFile::open(path);
-    ModelConfig c = config_from_gguf(f);
-    auto w = load_weights_gguf<B, P>(f, c);
-    return Decoder(std::move(c), std::move(w));
-  }
-
-  /// Loads a Hugging Face model folder (config.json + safetensors).
-  static Decoder load_hf(std::filesystem::path const& dir) {
-    auto const hf = io::HfModelDir::open(dir);
-    ModelConfig c = config_from_hf(hf);
-    auto w = load_weights_hf<B, P>(hf, c);
-    return Decoder(std::move(c), std::move(w));
-  }
-
-  /// A GGUF file or a Hugging Face folder, by what the path is.
+  /// Loads a GGUF decoder (load_model_gguf), a Hugging Face folder (load_model_hf), or either by
+  /// what the path is.
+  static Decoder load_gguf(std::filesystem::path const& path) { return Decoder(load_model_gguf<B, P>(path)); }
+  static Decoder load_hf(std::filesystem::path const& dir) { return Decoder(load_model_hf<B, P>(dir)); }
   static Decoder load(std::filesystem::path const& path) {
     return std::filesystem::is_directory(path) ? load_hf(path) : load_gguf(path);
   }
@@ -139,13 +182,7 @@ class Decoder {
   LinearAdapters* adapters() const { return adapters_; }
 
   /// The frozen weight of one projection as a host float matrix (d_out, d_in), e.g. for its SVD.
-  HostMatrix weight_matrix(int layer, Proj p) const {
-    auto const& m = w_.layers[static_cast<std::size_t>(layer)].proj[static_cast<int>(p)];
-    auto const host = B::download(m.data);
-    HostMatrix out(m.rows, m.cols);
-    for (Index i = 0; i < out.size(); ++i) out.data()[i] = static_cast<float>(host[static_cast<std::size_t>(i)]);
-    return out;
-  }
+  HostMatrix weight_matrix(int layer, Proj p) const { return weight_matrix_of(w_, layer, p); }
 
   /// The final hidden states RMSNorm(x) of every token.   returns (n, d)
   /// With a cache, sequence s's keys and values are also stored in slot slots[s] (prefill).
@@ -186,6 +223,12 @@ class Decoder {
     std::vector<Index> rows(static_cast<std::size_t>(batch.n_tokens()));
     std::iota(rows.begin(), rows.end(), Index{0});
     return logits(batch, rows);
+  }
+
+  /// Encodes prompts into cache slots slots[s] and returns the logits at each one's last token,
+  /// those that pick the first generated token.   returns (n_seq, V)
+  HostMatrix prefill(PackedBatch const& batch, KvCache& cache, std::span<Index const> slots) const {
+    return head_forward(hidden_states(batch, &cache, slots), last_rows(batch));
   }
 
   /// Masked next-token cross-entropy. supervised[t] says whether token t is a target: the loss sums
@@ -414,23 +457,6 @@ class Decoder {
 
   static constexpr char const* kGemmNames[7] = {"W_q (GEMM)", "W_k (GEMM)", "W_v (GEMM)", "W_o (GEMM)",
                                                 "W_gate (GEMM)", "W_up (GEMM)", "W_down (GEMM)"};
-
-  /// The rows whose logits predict a supervised token (t - 1 for every supervised t > 0 of a
-  /// sequence) and those tokens.   returns (rows, targets), both (m)
-  static std::pair<std::vector<Index>, std::vector<std::int32_t>> supervised_targets(
-      PackedBatch const& batch, std::span<std::uint8_t const> supervised, char const* who) {
-    TINYLORA_CHECK(static_cast<Index>(supervised.size()) == batch.n_tokens(), who, ": mask has ", supervised.size(),
-                   " entries for ", batch.n_tokens(), " tokens");
-    std::vector<Index> rows;
-    std::vector<std::int32_t> targets;
-    for (Index s = 0; s < batch.n_seq(); ++s)
-      for (Index t = batch.offsets[s] + 1; t < batch.offsets[s + 1]; ++t)
-        if (supervised[static_cast<std::size_t>(t)]) {
-          rows.push_back(t - 1);
-          targets.push_back(batch.ids[static_cast<std::size_t>(t)]);
-        }
-    return {std::move(rows), std::move(targets)};
-  }
 
   /// What the backward needs from the forward under "recompute per layer".
   struct Activations {

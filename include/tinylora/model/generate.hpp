@@ -130,6 +130,26 @@ inline Sampled sample_token(float const* logits, Index vocab, SamplingOptions co
   return {token, static_cast<float>(policy - std::log(kept_mass)), static_cast<float>(policy)};
 }
 
+/// One decode step of the active rows and a token drawn for each. A decoder that samples in its own
+/// memory (backend::Cuda's: only the tokens come back) does it itself; otherwise every row of the
+/// host logits is drawn in parallel (counter-based RNG: the same tokens whatever the thread count).
+template <class Model>
+std::vector<Sampled> decode_and_sample(Model const& model, std::span<std::int32_t const> tokens, std::span<Index const> slots,
+                                       typename Model::Cache& cache, SamplingOptions const& o, std::uint64_t step) {
+  if constexpr (requires { model.decode_sample(tokens, slots, cache, o, step); }) {
+    return model.decode_sample(tokens, slots, cache, o, step);
+  } else {
+    HostMatrix const logits = model.decode_step(tokens, slots, cache);  // (n_active, V)
+    std::vector<Sampled> drawn(slots.size());
+    auto const n = static_cast<Index>(slots.size());
+#pragma omp parallel for schedule(static) if (n > 1)
+    for (Index i = 0; i < n; ++i)
+      drawn[static_cast<std::size_t>(i)] = sample_token(logits.row(i).data(), logits.cols(), o,
+                                                        static_cast<std::uint64_t>(slots[static_cast<std::size_t>(i)]), step);
+    return drawn;
+  }
+}
+
 /// Generates n_samples completions for every prompt. Completion order: prompt-major, then sample.
 template <class B, class P>
 std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::vector<std::int32_t>> const& prompts,
@@ -143,7 +163,7 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
   }
   std::vector<Completion> out(static_cast<std::size_t>(n_prompts * G));
   if (n_prompts == 0) return out;
-  KvCache cache(model.config().n_layers, n_prompts * G, longest + o.max_new_tokens, model.config().kv_dim());
+  typename Decoder<B, P>::Cache cache(model.config().n_layers, n_prompts * G, longest + o.max_new_tokens, model.config().kv_dim());
   // Prefill each prompt once into slot p G, then share it with the other samples.
   PackedBatch batch;
   std::vector<Index> first_slots;
@@ -151,10 +171,7 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
     batch.add(prompts[static_cast<std::size_t>(p)]);
     first_slots.push_back(p * G);
   }
-  HostMatrix const h = model.hidden_states(batch, &cache, first_slots);
-  std::vector<Index> last_rows;
-  for (Index p = 0; p < n_prompts; ++p) last_rows.push_back(batch.offsets[p + 1] - 1);
-  HostMatrix const first_logits = model.head_forward(h, last_rows);  // (n_prompts, V)
+  HostMatrix const first_logits = model.prefill(batch, cache, first_slots);  // (n_prompts, V)
   std::vector<Index> active;
   std::vector<std::int32_t> next;
   for (Index p = 0; p < n_prompts; ++p)
@@ -178,14 +195,7 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
   TINYLORA_CHECK(o.sampling.greedy || o.sampling.temperature > 0, "generate(): temperature must be > 0 (got ",
                  o.sampling.temperature, "). Hint: use greedy decoding instead.");
   for (Index step = 1; !active.empty(); ++step) {
-    HostMatrix const logits = model.decode_step(next, active, cache);  // (n_active, V)
-    // Every row's draw in parallel (counter-based RNG: the same tokens whatever the thread count).
-    std::vector<Sampled> drawn(active.size());
-    auto const n_active = static_cast<Index>(active.size());
-#pragma omp parallel for schedule(static) if (n_active > 1)
-    for (Index i = 0; i < n_active; ++i)
-      drawn[static_cast<std::size_t>(i)] = sample_token(logits.row(i).data(), V, o.sampling, static_cast<std::uint64_t>(active[static_cast<std::size_t>(i)]),
-                                                        static_cast<std::uint64_t>(step));
+    std::vector<Sampled> const drawn = decode_and_sample(model, next, active, cache, o.sampling, static_cast<std::uint64_t>(step));
     std::vector<Index> still;
     std::vector<std::int32_t> following;
     for (std::size_t i = 0; i < active.size(); ++i) {

@@ -86,6 +86,32 @@ struct AddBias {
   }
 };
 
+/// x(i, j) = x(i, j) / by (the host decoder's `logits /= temperature`, same rounding).
+struct Divide {
+  MatrixView<float> x;
+  float by;
+  TINYLORA_HOST_DEVICE void operator()(Index e) const { x(e / x.cols, e % x.cols) /= by; }
+};
+
+/// dst(i, :) = src(rows[i], :), or with `scatter` dst(rows[i], :) (+)= src(i, :). Rows are distinct
+/// when scattering, so no two calls write one element.
+struct MoveRows {
+  ConstMatrixView<float> src;
+  Index const* rows;
+  MatrixView<float> dst;
+  bool scatter, accumulate;
+  TINYLORA_HOST_DEVICE void operator()(Index e) const {
+    Index const i = e / src.cols, j = e % src.cols;
+    if (!scatter) {
+      dst(i, j) = src(rows[i], j);
+    } else if (accumulate) {
+      dst(rows[i], j) += src(i, j);
+    } else {
+      dst(rows[i], j) = src(i, j);
+    }
+  }
+};
+
 /// The sequence s with offsets[s] <= t < offsets[s + 1] (binary search).   offsets: (n_seq + 1)
 TINYLORA_HOST_DEVICE inline Index sequence_of(Index const* offsets, Index n_seq, Index t) {
   Index lo = 0, hi = n_seq;
@@ -238,6 +264,22 @@ void add_bias(MatrixView<float> y, W const* bias) {
 /// targets: (m) device, nll: (m) device
 inline void cross_entropy_forward(ConstMatrixView<float> logits, std::int32_t const* targets, double* nll) {
   for_each_index(logits.rows, detail::CrossEntropyRow{logits, targets, nll});
+}
+
+/// x /= by, element by element (logits / T).   x: (m, V)
+inline void divide(MatrixView<float> x, float by) { for_each_index(x.size(), detail::Divide{x, by}); }
+
+/// dst[i, :] = src[rows[i], :].   src: (n, d), rows: (m) device, dst: (m, d)
+inline void gather_rows(ConstMatrixView<float> src, Index const* rows, MatrixView<float> dst) {
+  TINYLORA_CHECK(src.cols == dst.cols, "cuda::gather_rows(): ", src.cols, " columns into ", dst.cols);
+  // the functor walks (i, j) over src's shape: give it dst's row count
+  for_each_index(dst.size(), detail::MoveRows{ConstMatrixView<float>{src.data, dst.rows, src.cols, src.ld}, rows, dst, false, false});
+}
+
+/// dst[rows[i], :] = src[i, :], or += with `accumulate`; rows distinct.   src: (m, d), rows: (m) device, dst: (n, d)
+inline void scatter_rows(ConstMatrixView<float> src, Index const* rows, MatrixView<float> dst, bool accumulate = false) {
+  TINYLORA_CHECK(src.cols == dst.cols, "cuda::scatter_rows(): ", src.cols, " columns into ", dst.cols);
+  for_each_index(src.size(), detail::MoveRows{src, rows, dst, true, accumulate});
 }
 
 }  // namespace tinylora::backend::cuda
