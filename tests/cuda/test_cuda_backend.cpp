@@ -205,6 +205,24 @@ std::vector<T> downloaded(typename Cuda::Buffer<T> const& buf) {
 }
 }  // namespace
 
+TEST_CASE("Cuda::Buffer takes its memory from the run's pool: a block freed is reused for the next buffer of its size") {
+  if (!gpu_or_skip()) return;
+  // 100 floats fall in one of the pool's size buckets; 4M floats (16 MiB) are above its largest
+  // bucket, and such blocks are cached and reused too. Either way no second device allocation.
+  for (Index n : {Index{100}, Index{1} << 22}) {
+    INFO("n = " << n);
+    float const* first = nullptr;
+    {
+      auto a = Cuda::zeros<float>(n);
+      first = Cuda::data(a);
+    }
+    auto b = Cuda::zeros<float>(n);
+    CHECK(Cuda::data(b) == first);
+    auto c = Cuda::zeros<float>(n);  // b still holds that block: c gets another
+    CHECK(Cuda::data(c) != first);
+  }
+}
+
 TEST_CASE("cuda:: forward operations equal backend::cpu's on the same inputs (GQA 4:2, two packed sequences)") {
   if (!gpu_or_skip()) return;
   namespace gpu = backend::cuda;

@@ -27,9 +27,18 @@ constexpr void for_each_type(TypeList<Ts...>, F&& f) {
 
 /// Cartesian product helper: for_each_pair(TypeList<A...>{}, TypeList<B...>{}, f) calls
 /// f.template operator()<A_i, B_j>() for every pair.
+namespace detail {
+/// f.template operator()<A, B>() for every B.
+template <class A, class... Bs, class F>
+constexpr void for_each_second(F& f) {
+  (f.template operator()<A, Bs>(), ...);
+}
+}  // namespace detail
+
 template <class... As, class... Bs, class F>
 constexpr void for_each_pair(TypeList<As...>, TypeList<Bs...>, F&& f) {
-  (for_each_type<Bs...>([&]<class B>() { f.template operator()<As, B>(); }), ...);
+  // (A pack expanded inside a lambda inside a fold, the shorter spelling, is beyond nvcc's front end.)
+  (detail::for_each_second<As, Bs...>(f), ...);
 }
 
 }  // namespace tinylora

@@ -10,9 +10,9 @@
 //     column-major mapping, its functors and its storage are tested on a machine without a GPU.
 // Either way the type is backend::Cuda, so switching a recipe's backend is one `using` line.
 //
-// Scope today: the Backend concept's primitives (storage, transfers, gemm, add, fill,
-// synchronize). The decoder still calls backend::cpu:: kernels directly; moving them behind the
-// concept is the next step of the CUDA backend (issue 6).
+// This header: the Backend concept's primitives (storage from one memory pool per run, transfers,
+// gemm, add, fill, synchronize). The decoder's operations are in kernels.cuh and kernels_backward.cuh,
+// sampling in sampling.cuh, and the decoder itself, Decoder<Cuda, P>, in decoder.cuh.
 #pragma once
 
 #if !defined(__CUDACC__) && !defined(THRUST_DEVICE_SYSTEM)
@@ -24,6 +24,10 @@
 #include <thrust/execution_policy.h>
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
+#include <thrust/mr/allocator.h>
+#include <thrust/mr/device_memory_resource.h>
+#include <thrust/mr/disjoint_sync_pool.h>
+#include <thrust/mr/new.h>
 
 #include <span>
 #include <string_view>
@@ -102,6 +106,34 @@ void for_each_index(Index n, F f) {
   if (n > 0) thrust::for_each_n(thrust::device, thrust::counting_iterator<Index>(0), n, f);
 }
 
+/// The run's one device memory pool. Every Cuda::Buffer takes its memory here: blocks come from the
+/// device system (cudaMalloc) the first time a size is needed and are reused after, so the token
+/// loop and the training steps, which allocate the same activations again and again, make no
+/// cudaMalloc or cudaFree calls (each of which waits for the device) once warm. Bookkeeping lives
+/// in host memory; a mutex guards it. The pool is never destroyed: freed from a static destructor,
+/// its blocks could outlive the CUDA runtime at exit.
+using DevicePool = thrust::mr::disjoint_synchronized_pool_resource<thrust::device_memory_resource, thrust::mr::new_delete_resource>;
+inline DevicePool* device_pool() {
+  static DevicePool* const pool = new DevicePool();  // NOLINT: leaked on purpose (see above)
+  return pool;
+}
+
+/// An allocator of T from device_pool(): thrust::mr::allocator bound to the one pool, default-
+/// constructible so that Buffer<T>(n) needs no allocator argument.
+template <class T>
+class PoolAllocator : public thrust::mr::allocator<T, DevicePool> {
+  using Base = thrust::mr::allocator<T, DevicePool>;
+
+ public:
+  template <class U>
+  struct rebind {
+    using other = PoolAllocator<U>;
+  };
+  PoolAllocator() : Base(device_pool()) {}
+  template <class U>
+  TINYLORA_HOST_DEVICE PoolAllocator(PoolAllocator<U> const& other) : Base(other) {}
+};
+
 }  // namespace cuda_detail
 
 struct Cuda {
@@ -117,8 +149,9 @@ struct Cuda {
 #endif
 #endif
 
+  /// Device storage from the run's pool (cuda_detail::device_pool()).
   template <class T>
-  using Buffer = thrust::device_vector<T>;
+  using Buffer = thrust::device_vector<T, cuda_detail::PoolAllocator<T>>;
 
   /// Whether this process can run the backend: a visible GPU under CUDA; always under OpenMP.
   static bool available() {

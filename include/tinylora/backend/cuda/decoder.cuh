@@ -89,8 +89,8 @@ class Decoder<backend::Cuda, P> {
   Decoder(ModelConfig config, ModelWeights<B, P> weights) : config_(std::move(config)), w_(std::move(weights)) {}
   explicit Decoder(std::pair<ModelConfig, ModelWeights<B, P>> loaded) : Decoder(std::move(loaded.first), std::move(loaded.second)) {}
 
-  static Decoder load_gguf(std::filesystem::path const& path) { return Decoder(load_model_gguf<B, P>(path)); }
-  static Decoder load_hf(std::filesystem::path const& dir) { return Decoder(load_model_hf<B, P>(dir)); }
+  static Decoder load_gguf(std::filesystem::path const& path) { return Decoder((require_device(), load_model_gguf<B, P>(path))); }
+  static Decoder load_hf(std::filesystem::path const& dir) { return Decoder((require_device(), load_model_hf<B, P>(dir))); }
   static Decoder load(std::filesystem::path const& path) {
     return std::filesystem::is_directory(path) ? load_hf(path) : load_gguf(path);
   }
@@ -219,7 +219,12 @@ class Decoder<backend::Cuda, P> {
   }
 
  private:
-  /// A chunk's targets on the device, next to the host copy.
+  static void require_device() {
+    TINYLORA_CHECK(B::available(), "Decoder<Cuda>: no GPU is visible to this process. Hint: check nvidia-smi and "
+                   "CUDA_VISIBLE_DEVICES, or build with the release preset, whose experiments run on backend::Cpu.");
+  }
+
+  /// A chunk's targets on the device.
   struct Targets {
     B::Buffer<std::int32_t> device;  // (count)
     Index count;
