@@ -344,18 +344,36 @@ class Decoder<backend::Cuda, P> {
     return rmsnorm(x, w_.final_norm);
   }
 
+  /// The attention's inputs from the residual stream: q, k = RoPE(h W_q^T), RoPE(h W_k^T), v = h W_v^T
+  /// with h = RMSNorm(x).   x: (n, d); q: (n, H hd), k, v: (n, H_kv hd); positions: (n) device
+  struct Qkv {
+    DeviceMatrix q, k, v;
+  };
+  Qkv attention_inputs(int l, DeviceMatrix const& x, std::int32_t const* positions) const {
+    auto const& c = config_;
+    DeviceMatrix const h = rmsnorm(x, w_.layers[static_cast<std::size_t>(l)].attn_norm);  // (n, d)
+    Qkv out{linear(l, Proj::q, h), linear(l, Proj::k, h), linear(l, Proj::v, h)};
+    backend::cuda::rope_forward(out.q.view(), positions, c.n_heads, c.head_dim, c.rope_theta);
+    backend::cuda::rope_forward(out.k.view(), positions, c.n_kv_heads, c.head_dim, c.rope_theta);
+    return out;
+  }
+
+  /// x += attn W_o^T, then x += (silu(h W_gate^T) * (h W_up^T)) W_down^T with h = RMSNorm(x): the
+  /// rest of block l once the attention is done.   attn: (n, H hd), x: (n, d) in place
+  void finish_block(int l, DeviceMatrix const& attn, DeviceMatrix& x) const {
+    B::add(1.0f, linear(l, Proj::o, attn).view(), x.view());
+    DeviceMatrix const h = rmsnorm(x, w_.layers[static_cast<std::size_t>(l)].mlp_norm);  // (n, d)
+    DeviceMatrix gate = linear(l, Proj::gate, h);    // (n, f)
+    DeviceMatrix const up = linear(l, Proj::up, h);  // (n, f)
+    backend::cuda::swiglu_forward(gate.view(), up.view(), gate.view());
+    B::add(1.0f, linear(l, Proj::down, gate).view(), x.view());
+  }
+
   /// x += Attention(RoPE(q), RoPE(k), v) W_o^T;  x += SwiGLU(h) W_down^T.   x: (n, d) in place
   void block_forward(int l, PackedBatch const& batch, DeviceBatch const& db, DeviceMatrix& x, DeviceKvCache* cache,
                      std::span<Index const> slots) const {
-    namespace k = backend::cuda;
-    auto const& L = w_.layers[static_cast<std::size_t>(l)];
     auto const& c = config_;
-    DeviceMatrix h = rmsnorm(x, L.attn_norm);  // (n, d)
-    DeviceMatrix q = linear(l, Proj::q, h);     // (n, H hd)
-    DeviceMatrix kk = linear(l, Proj::k, h);    // (n, H_kv hd)
-    DeviceMatrix const v = linear(l, Proj::v, h);  // (n, H_kv hd)
-    k::rope_forward(q.view(), B::data(db.positions), c.n_heads, c.head_dim, c.rope_theta);
-    k::rope_forward(kk.view(), B::data(db.positions), c.n_kv_heads, c.head_dim, c.rope_theta);
+    Qkv const in = attention_inputs(l, x, B::data(db.positions));
     if (cache != nullptr)
       for (Index s = 0; s < batch.n_seq(); ++s) {
         Index const begin = batch.offsets[s], len = batch.offsets[s + 1] - begin;
@@ -365,18 +383,13 @@ class Decoder<backend::Cuda, P> {
         auto store = [&](DeviceMatrix const& from, DeviceMatrix& to) {  // rows [begin, begin + len) -> [base, base + len)
           thrust::copy_n(thrust::device, B::data(from.data) + begin * from.cols, len * from.cols, B::data(to.data) + base * to.cols);
         };
-        store(kk, cache->k[static_cast<std::size_t>(l)]);
-        store(v, cache->v[static_cast<std::size_t>(l)]);
+        store(in.k, cache->k[static_cast<std::size_t>(l)]);
+        store(in.v, cache->v[static_cast<std::size_t>(l)]);
       }
     DeviceMatrix attn(db.n, c.q_dim());  // (n, H hd)
-    k::attention_forward(q.view(), kk.view(), v.view(), B::data(db.offsets), db.n_seq, c.n_heads, c.n_kv_heads, c.head_dim,
-                         attn.view());
-    B::add(1.0f, linear(l, Proj::o, attn).view(), x.view());
-    h = rmsnorm(x, L.mlp_norm);
-    DeviceMatrix gate = linear(l, Proj::gate, h);     // (n, f)
-    DeviceMatrix const up = linear(l, Proj::up, h);   // (n, f)
-    k::swiglu_forward(gate.view(), up.view(), gate.view());
-    B::add(1.0f, linear(l, Proj::down, gate).view(), x.view());
+    backend::cuda::attention_forward(in.q.view(), in.k.view(), in.v.view(), B::data(db.offsets), db.n_seq, c.n_heads, c.n_kv_heads,
+                                     c.head_dim, attn.view());
+    finish_block(l, attn, x);
   }
 
   /// What the backward needs from the forward under "recompute per layer".
@@ -477,25 +490,15 @@ class Decoder<backend::Cuda, P> {
     auto const dev_rows = B::upload(std::span<Index const>(rows));
     DeviceMatrix x = embed(dev_tokens, n);  // (n, d)
     for (int l = 0; l < c.n_layers; ++l) {
-      auto const& L = w_.layers[static_cast<std::size_t>(l)];
       auto& cache_k = cache.k[static_cast<std::size_t>(l)];
       auto& cache_v = cache.v[static_cast<std::size_t>(l)];
-      DeviceMatrix h = rmsnorm(x, L.attn_norm);
-      DeviceMatrix q = linear(l, Proj::q, h), kk = linear(l, Proj::k, h);  // (n, H hd), (n, H_kv hd)
-      DeviceMatrix const v = linear(l, Proj::v, h);                        // (n, H_kv hd)
-      k::rope_forward(q.view(), B::data(dev_positions), c.n_heads, c.head_dim, c.rope_theta);
-      k::rope_forward(kk.view(), B::data(dev_positions), c.n_kv_heads, c.head_dim, c.rope_theta);
-      k::scatter_rows(kk.view(), B::data(dev_rows), cache_k.view());
-      k::scatter_rows(v.view(), B::data(dev_rows), cache_v.view());
+      Qkv const in = attention_inputs(l, x, B::data(dev_positions));
+      k::scatter_rows(in.k.view(), B::data(dev_rows), cache_k.view());
+      k::scatter_rows(in.v.view(), B::data(dev_rows), cache_v.view());
       DeviceMatrix attn(n, c.q_dim());  // (n, H hd)
-      k::attention_decode(q.view(), cache_k.view(), cache_v.view(), cache.capacity, B::data(dev_lengths), B::data(dev_slots),
+      k::attention_decode(in.q.view(), cache_k.view(), cache_v.view(), cache.capacity, B::data(dev_lengths), B::data(dev_slots),
                           c.n_heads, c.n_kv_heads, c.head_dim, attn.view());
-      B::add(1.0f, linear(l, Proj::o, attn).view(), x.view());
-      h = rmsnorm(x, L.mlp_norm);
-      DeviceMatrix gate = linear(l, Proj::gate, h);    // (n, f)
-      DeviceMatrix const up = linear(l, Proj::up, h);  // (n, f)
-      k::swiglu_forward(gate.view(), up.view(), gate.view());
-      B::add(1.0f, linear(l, Proj::down, gate).view(), x.view());
+      finish_block(l, attn, x);
     }
     for (std::size_t i = 0; i < tokens.size(); ++i) cache.length[static_cast<std::size_t>(slots[i])] += 1;
     return head_of(rmsnorm(x, w_.final_norm));
