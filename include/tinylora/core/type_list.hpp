@@ -25,8 +25,6 @@ constexpr void for_each_type(TypeList<Ts...>, F&& f) {
   (f.template operator()<Ts>(), ...);
 }
 
-/// Cartesian product helper: for_each_pair(TypeList<A...>{}, TypeList<B...>{}, f) calls
-/// f.template operator()<A_i, B_j>() for every pair.
 namespace detail {
 /// f.template operator()<A, B>() for every B.
 template <class A, class... Bs, class F>
@@ -35,6 +33,8 @@ constexpr void for_each_second(F& f) {
 }
 }  // namespace detail
 
+/// Cartesian product helper: for_each_pair(TypeList<A...>{}, TypeList<B...>{}, f) calls
+/// f.template operator()<A_i, B_j>() for every pair.
 template <class... As, class... Bs, class F>
 constexpr void for_each_pair(TypeList<As...>, TypeList<Bs...>, F&& f) {
   // (A pack expanded inside a lambda inside a fold, the shorter spelling, is beyond nvcc's front end.)
