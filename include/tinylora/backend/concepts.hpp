@@ -31,9 +31,12 @@ namespace tinylora::backend {
 /// | `B::fill(C, value)`                     | `void`                | every element of the view set to value                           |
 /// | `B::synchronize()`                      | `void`                | returns when all queued work is done (no-op on the CPU)          |
 ///
-/// The model issue extends this table with the decoder's kernels (embedding gather, RMSNorm, RoPE,
-/// attention, SwiGLU, cross-entropy, sampling); every entry stays a static member so that a backend
-/// is a stateless tag type chosen at compile time.
+/// Every entry is a static member, so a backend is a stateless tag type chosen at compile time. The
+/// decoder's own operations (embedding gather, RMSNorm, RoPE, attention, SwiGLU, cross-entropy,
+/// sampling) are not in this table: each memory has its decoder with one interface, Decoder<B, P> in
+/// model/decoder.hpp for host memory (backend/cpu/kernels*.hpp) and Decoder<Cuda, P> in
+/// backend/cuda/decoder.cuh (backend/cuda/kernels*.cuh), and what sits above the decoder (adapters,
+/// AdaptedModel, trainers, generate()) uses only this table and that interface.
 template <class B>
 concept Backend = requires(typename B::template Buffer<float> buf, typename B::template Buffer<bf16> buf16,
                            std::span<float const> host, ConstMatrixView<float> A, ConstMatrixView<bf16> A16,
