@@ -38,13 +38,6 @@ struct DeviceMatrix {
   MatrixView<float> view() { return {backend::Cuda::data(data), rows, cols}; }
   ConstMatrixView<float> view() const { return {backend::Cuda::data(data), rows, cols}; }
 
-  static DeviceMatrix upload(HostMatrix const& m) {
-    DeviceMatrix out;
-    out.data = backend::Cuda::upload(std::span<float const>(m.data(), static_cast<std::size_t>(m.size())));
-    out.rows = m.rows();
-    out.cols = m.cols();
-    return out;
-  }
   HostMatrix download() const {
     HostMatrix out(rows, cols);
     thrust::copy(data.begin(), data.end(), out.data());
