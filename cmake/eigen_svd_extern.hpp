@@ -6,7 +6,7 @@
 // Build-time only: the same code runs, compiled once with the same flags.
 #pragma once
 
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"  // first: GCC 12's AVX-512 intrinsics, warnings scoped (see there)
 #include <Eigen/SVD>
 
 extern template class Eigen::BDCSVD<Eigen::MatrixXd>;

@@ -2,7 +2,7 @@
 // (Delta W for tests and merging, SVD factors) and the bridge from views to Eigen.
 #pragma once
 
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"
 
 #include "tinylora/core/tensor.hpp"
 

@@ -5,7 +5,7 @@
 // thread count.
 #pragma once
 
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"
 #include <Eigen/Eigenvalues>
 #include <Eigen/SVD>
 

@@ -5,7 +5,7 @@
 // temperature alone (what GRPO's importance ratio uses).
 #pragma once
 
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"
 
 #include <algorithm>
 #include <cmath>

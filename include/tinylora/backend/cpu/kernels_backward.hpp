@@ -4,7 +4,7 @@
 // sequences packed), d hidden, H heads, H_kv key/value heads, hd head dim, f feed-forward width, V vocabulary.
 #pragma once
 
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"
 
 #include <algorithm>
 #include <cmath>

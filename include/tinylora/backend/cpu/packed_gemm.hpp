@@ -14,8 +14,9 @@
 
 #include <omp.h>
 
+#include "tinylora/core/intrinsics.hpp"  // <immintrin.h>, with GCC 12's AVX-512 false positives scoped
+
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 #define TINYLORA_PACKED_GEMM_AVX2 1
 #endif
 

@@ -46,7 +46,7 @@
 #if defined(TINYLORA_HAS_OPENBLAS)
 #include <cblas.h>
 #else
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"
 #endif
 #endif
 
