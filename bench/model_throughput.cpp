@@ -26,6 +26,9 @@ int main(int argc, char** argv) {
   int const repeats = argc > 2 ? std::atoi(argv[2]) : 3;
   auto const m = model::Decoder<backend::Cpu, precision::Fp32>::load_gguf(argv[1]);
   auto const& c = m.config();
+  std::printf("CPU: %s [%s], compiled for [%s]; GEMM: %s\n", backend::cpu::cpu_isa().model.c_str(),
+              backend::cpu::cpu_isa().flags().c_str(), backend::cpu::compiled_isa().c_str(),
+              backend::cpu::blas_kernel().describe().c_str());
   // fp32 GEMM rate on the model's largest projection shape: (2048, d) x (d, f).
   HostMatrix const X = HostMatrix::Random(2048, c.hidden), Wt = HostMatrix::Random(c.intermediate, c.hidden);
   HostMatrix Y(2048, c.intermediate);

@@ -63,8 +63,10 @@ int main(int argc, char** argv) {
     mask.insert(mask.end(), s.supervised.begin(), s.supervised.end());
   }
   double const tokens = static_cast<double>(batch.n_tokens());
+  std::printf("CPU: %s [%s], compiled for [%s]\n", backend::cpu::cpu_isa().model.c_str(), backend::cpu::cpu_isa().flags().c_str(),
+              backend::cpu::compiled_isa().c_str());
   std::printf("%zu GSM8K examples, %td tokens (%.0f supervised), GEMM: %s, %d OpenMP threads\n", qa.size(), batch.n_tokens(),
-              static_cast<double>(std::count(mask.begin(), mask.end(), 1)), std::string(backend::Cpu::gemm_library).c_str(),
+              static_cast<double>(std::count(mask.begin(), mask.end(), 1)), backend::cpu::blas_kernel().describe().c_str(),
               omp_get_max_threads());
 
   run_profiled("W1 masked loss (frozen model)", repeats, tokens, [&] { (void)net.loss(batch, mask); });

@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
   }
   int const repeats = argc > 2 ? std::atoi(argv[2]) : 3;
   Index const n_batch = argc > 3 ? std::atoi(argv[3]) : 4, n_seq = argc > 4 ? std::atoi(argv[4]) : 512;
+  std::printf("CPU: %s [%s], compiled for [%s]; GEMM: %s\n", backend::cpu::cpu_isa().model.c_str(),
+              backend::cpu::cpu_isa().flags().c_str(), backend::cpu::compiled_isa().c_str(),
+              backend::cpu::blas_kernel().describe().c_str());
   auto net = model::Decoder<backend::Cpu, precision::Fp32>::load(argv[1]);
   auto const modules = model::target_modules(net.config(), {});
   auto const plan = tying::plan_budget<tying::Tiling>(modules, 13);

@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
     file.set_attr("/", "experiment", "00_adapter_anatomy");
     file.set_attr("/", "seed", static_cast<std::int64_t>(o.seed));
     file.set_attr("/", "precision", std::string(Precision::name));
+    cli::record_platform(file);
     file.set_attr("/", "backend", std::string(Backend::name));
     bool matched = false;
     for_each_type(Conventions{}, [&]<class C>() {

@@ -74,6 +74,7 @@ void run(Options const& o) {
   } else {
     file.set_attr("/", "run_identity", identity);
     file.set_attr("/", "experiment", "01_loss_surface");
+    cli::record_platform(file);
     file.set_attr("/", "recipe", std::string(adapters::TinyLora<C>::name) + "/" + std::string(Tie::name) + "/" +
                                       std::string(Precision::name) + "/-/" + std::string(Backend::name));
     file.set_attr("/", "model", o.model);

@@ -103,6 +103,7 @@ void run(Options const& o, data::ExtractRule rule) {
   } else {
     file.set_attr("/", "run_identity", identity);
     file.set_attr("/", "experiment", "05_evaluate");
+    cli::record_platform(file);
     file.set_attr("/", "recipe", std::string(Kind::name) + "/" + std::string(Tie::name) + "/" + std::string(Precision::name) + "/-/" +
                                       std::string(Backend::name));
     file.set_attr("/", "model", o.model);

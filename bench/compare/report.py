@@ -76,6 +76,12 @@ def main():
         for k, v in r.get("versions", {}).items():
             versions[k] = v
 
+    # The BLAS tinylora's GEMMs ran on, and its kernel (checked against the CPU at startup).
+    blas = sorted({f"{r['blas']}, kernel {r['blas_kernel']}"
+                   + (f" (OpenBLAS chose {r['blas_kernel_chosen']}, {r['blas_kernel_action']})"
+                      if r.get("blas_kernel_action", "none") != "none" else "")
+                   for r in rows if r["system"] == "tinylora" and "blas" in r})
+
     # The same work: losses must agree.
     errors, loss_lines = [], []
     for w, tol in LOSS_TOLERANCE.items():
@@ -96,6 +102,7 @@ def main():
           f"Model: `{Path(inputs['model']).name}` (sha256 {inputs['model_sha256'][:12]}...), "
           f"data: `{Path(inputs['data']).name}` (sha256 {inputs['data_sha256'][:12]}...)  ",
           f"Rounds: {n_rounds}, each measurement a fresh process: load, one untimed warm-up call, one timed call  ",
+          "tinylora's GEMM: " + ("; ".join(blas) if blas else "not recorded") + "  ",
           "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
           "| workload | system | precision | median | min-max | unit | tinylora / peer |",
           "|---|---|---|---|---|---|---|"]

@@ -214,6 +214,7 @@ void run(Options const& o) {
   result["round"] = o.round;
   result["threads"] = omp_get_max_threads();
   result["peak_rss_mib"] = peak_rss_mib();
+  for (auto const& [key, value] : backend::cpu::blas_kernel().attributes()) result[key] = value;
   result["versions"] = {{"tinylora", TINYLORA_VERSION_STRING}, {"compiler", __VERSION__},
                         {"eigen", std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
                                       std::to_string(EIGEN_MINOR_VERSION)}};

@@ -10,7 +10,9 @@
 #include <iostream>
 #include <string>
 
+#include "tinylora/backend/cpu/blas_kernel.hpp"
 #include "tinylora/config.hpp"
+#include "tinylora/io/hdf5.hpp"
 
 namespace tinylora::cli {
 
@@ -42,6 +44,13 @@ int guarded_main(char const* program, Body&& body) {
     std::cerr << program << ": error: " << e.what() << "\n";
     return 1;
   }
+}
+
+/// Records where the run computed, as root attributes (the last process that wrote the file): the
+/// CPU's model and SIMD flags, the instruction sets this binary was compiled for, and the BLAS with
+/// the kernel it runs (backend/cpu/blas_kernel.hpp: checked against the CPU, fixed when it fell back).
+inline void record_platform(io::ResultFile& file) {
+  for (auto const& [key, value] : backend::cpu::blas_kernel().attributes()) file.set_attr("/", key, value);
 }
 
 }  // namespace tinylora::cli

@@ -95,6 +95,7 @@ inline io::ResultFile open_run_file(TrainRunOptions const& o, std::string const&
   file.set_attr("/", "recipe", recipe);
   file.set_attr("/", "budget", static_cast<std::int64_t>(budget));
   file.set_attr("/", "tie", tie);
+  record_platform(file);
   return file;
 }
 

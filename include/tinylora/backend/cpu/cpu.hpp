@@ -2,10 +2,11 @@
 // The GEMM is OpenBLAS's sgemm (its OpenMP build, sharing our thread pool) when the build found it
 // (TINYLORA_HAS_OPENBLAS), else Eigen's product: the plain version, kept as the reference. Products
 // with a 16-bit operand widen that operand to float first, so every product accumulates in fp32
-// as the precision policies require.
+// as the precision policies require. The BLAS's kernel is checked against this CPU on first use
+// (backend/cpu/blas_kernel.hpp).
 #pragma once
 
-#include <Eigen/Core>
+#include "tinylora/core/eigen.hpp"
 #include <omp.h>
 
 #if defined(TINYLORA_HAS_OPENBLAS)
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "tinylora/backend/concepts.hpp"
+#include "tinylora/backend/cpu/blas_kernel.hpp"
 #include "tinylora/core/error.hpp"
 
 namespace tinylora::backend {
@@ -104,7 +106,10 @@ struct Cpu {
 #if defined(TINYLORA_HAS_OPENBLAS)
     // Products with only a few rows or columns (decoding one token, the adapters' rank-r factors)
     // stay with Eigen: OpenBLAS packs both operands even for one row and is 2-3x slower there.
-    if (m >= kBlasMinSide && n >= kBlasMinSide && k > 0) {
+    // blas_kernel(): on first use, checks that the BLAS runs a kernel for this CPU's instruction set
+    // (and re-selects it when it fell back); use_blas is false only when that was impossible.
+    static bool const use_blas = cpu::blas_kernel().use_blas;
+    if (m >= kBlasMinSide && n >= kBlasMinSide && k > 0 && use_blas) {
       if constexpr (std::is_same_v<A_t, float> && std::is_same_v<B_t, float>) {
         sgemm(op_a, op_b, m, n, k, alpha, a_view.data, a_view.ld, b_view.data, b_view.ld, beta, C);
       } else {
