@@ -15,9 +15,9 @@
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/data/qa.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/text/gguf_tokenizer.hpp"
-#include "tinylora/tying/planner.hpp"
 
 using namespace tinylora;
 using Clock = std::chrono::steady_clock;
@@ -71,12 +71,8 @@ int main(int argc, char** argv) {
 
   run_profiled("W1 masked loss (frozen model)", repeats, tokens, [&] { (void)net.loss(batch, mask); });
 
-  auto const modules = model::target_modules(net.config(), {});
-  auto const plan = tying::plan_budget<tying::Tiling>(modules, 13);
-  adapters::TinyLora<adapters::Paper> kind;
-  kind.u = plan.u;
-  model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, backend::Cpu> adapted(net, kind,
-                                                                                                           plan.strategy);
+  using Paper13 = Recipe<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>;
+  model::AdaptedModel<Paper13> adapted(net, model::AdapterSpec::of_budget(13));
   adapted.set_theta(std::vector<float>(static_cast<std::size_t>(adapted.count()), 0.01f));
   run_profiled("W2 TinyLoRA b=13 loss and dL/dtheta", repeats, tokens, [&] { (void)adapted.loss_and_gradient(batch, mask); });
   return 0;

@@ -13,8 +13,8 @@
 #include "tinylora/adapters/tiny_lora.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/precision/policies.hpp"
-#include "tinylora/tying/planner.hpp"
 
 using namespace tinylora;
 using Clock = std::chrono::steady_clock;
@@ -31,12 +31,8 @@ int main(int argc, char** argv) {
               backend::cpu::cpu_isa().flags().c_str(), backend::cpu::compiled_isa().c_str(),
               backend::cpu::blas_kernel().describe().c_str());
   auto net = model::Decoder<backend::Cpu, precision::Fp32>::load(argv[1]);
-  auto const modules = model::target_modules(net.config(), {});
-  auto const plan = tying::plan_budget<tying::Tiling>(modules, 13);
-  Kind kind;
-  kind.u = plan.u;
   auto const t0 = Clock::now();
-  model::AdaptedModel<Kind, tying::Tiling, precision::Fp32, backend::Cpu> adapted(net, kind, plan.strategy);
+  model::AdaptedModel<Recipe<Kind, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(net, model::AdapterSpec::of_budget(13));
   double const setup = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<float> theta(static_cast<std::size_t>(adapted.count()), 0.01f);
   adapted.set_theta(theta);
@@ -52,7 +48,8 @@ int main(int argc, char** argv) {
   getrusage(RUSAGE_SELF, &usage);
   double const tokens = static_cast<double>(batch.n_tokens());
   std::printf("TinyLoRA b=%td (u=%td, %s, %td groups) on %td modules; adapter setup (exact SVDs) %.1f s\n", adapted.count(),
-              plan.u, plan.strategy.describe().c_str(), plan.n_groups, static_cast<Index>(modules.size()), setup);
+              adapted.plan().kind.u, adapted.plan().tie.describe().c_str(), adapted.plan().n_groups,
+              static_cast<Index>(adapted.adapter_set().n_modules()), setup);
   std::printf("forward (loss) %td x %td: %.3f s, %.0f tok/s\n", n_batch, n_seq, fwd, tokens / fwd);
   std::printf("forward + backward (loss and dL/dtheta): %.3f s, %.0f tok/s (%.2f x the forward)\n", step, tokens / step,
               step / fwd);

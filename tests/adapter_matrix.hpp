@@ -1,20 +1,16 @@
-// tests/adapter_matrix.hpp: every adapter kind and tie strategy as type lists, with small instances
+// tests/adapter_matrix.hpp: every adapter kind and tie strategy (the registry, tinylora/policies.hpp), with small instances
 // of each (u = 2 and r = 2 where they apply), for the tests that run the whole adapter x tie matrix.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
 
-#include "tinylora/adapters/adapters.hpp"
-#include "tinylora/core/type_list.hpp"
-#include "tinylora/tying/strategies.hpp"
+#include "tinylora/policies.hpp"
 
 namespace tinylora::test {
 
-using AllAdapters = TypeList<adapters::TinyLora<adapters::Paper>, adapters::TinyLora<adapters::Reference>,
-                             adapters::TinyLora<adapters::Peft>, adapters::TinyLora<adapters::Fork>, adapters::LoraXs, adapters::Lora,
-                             adapters::Full>;
-using AllTies = TypeList<tying::Untied, tying::Tiling, tying::Structured, tying::All, tying::PeftRatio>;
+using AllAdapters = policies::AdapterKinds;
+using AllTies = policies::TieStrategies;
 
 template <class A>
 A make_adapter(std::uint64_t seed) {

@@ -23,10 +23,10 @@
 #include "tinylora/core/sha256.hpp"
 #include "tinylora/data/qa.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/model/generate.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/text/load.hpp"
-#include "tinylora/tying/planner.hpp"
 
 using namespace tinylora;
 using Clock = std::chrono::steady_clock;
@@ -137,10 +137,8 @@ Json loss_workload(std::string const& model, Json const& inputs) {
 Json train_step_workload(std::string const& model, Json const& inputs) {
   auto net = model::Decoder<Backend, precision::Fp32>::load(model);
   auto const modules = model::target_modules(net.config(), {});
-  auto const plan = tying::plan_budget<Tie>(modules, kBudget);
-  Kind kind;
-  kind.u = plan.u;
-  model::AdaptedModel<Kind, Tie, precision::Fp32, Backend> adapted(net, kind, plan.strategy);
+  model::AdaptedModel<Recipe<Kind, Tie, precision::Fp32, optim::AdamW, Backend>> adapted(net, model::AdapterSpec::of_budget(kBudget));
+  auto const& plan = adapted.plan();
   TINYLORA_CHECK(adapted.count() == kBudget, "compare_workloads w2: the plan has ", adapted.count(), " trainable scalars (expected ", kBudget, ")");
   adapted.set_theta(std::vector<float>(static_cast<std::size_t>(kBudget), 0.01f));
   auto const [batch, mask] = pack(examples_of(inputs, inputs.at("n_train").get<std::size_t>()));
@@ -152,7 +150,7 @@ Json train_step_workload(std::string const& model, Json const& inputs) {
   for (float g : grad) norm += double{g} * g;
   return {{"seconds", s}, {"tokens", batch.n_tokens()}, {"tokens_per_s", static_cast<double>(batch.n_tokens()) / s},
           {"loss", loss.mean()}, {"grad_norm", std::sqrt(norm)}, {"trainable", adapted.count()}, {"modules", modules.size()},
-          {"groups", plan.n_groups}, {"tie", plan.strategy.describe()}, {"precision", "fp32"}};
+          {"groups", plan.n_groups}, {"tie", plan.tie.describe()}, {"precision", "fp32"}};
 }
 
 Json generate_workload(std::string const& model, Json const& inputs) {
@@ -178,23 +176,19 @@ Json generate_workload(std::string const& model, Json const& inputs) {
 
 Json init_workload(std::string const& model) {
   auto net = model::Decoder<Backend, precision::Fp32>::load(model);
+  using Adapted = model::AdaptedModel<Recipe<Kind, Tie, precision::Fp32, optim::AdamW, Backend>>;
   auto const modules = model::target_modules(net.config(), {});
-  auto const plan = tying::plan_budget<Tie>(modules, kBudget);
-  Kind kind;
-  kind.u = plan.u;
   {  // warm-up: the same construction on one module (layer 0's q_proj), as peers.py does
     model::Targets const one{.types = {"q_proj"}, .regex = {}, .layers = {0}};
-    auto const one_plan = tying::plan_budget<Tie>(model::target_modules(net.config(), one), 1);
-    Kind one_kind;
-    one_kind.u = one_plan.u;
-    model::AdaptedModel<Kind, Tie, precision::Fp32, Backend> warm(net, one_kind, one_plan.strategy, one);
+    Adapted warm(net, model::AdapterSpec::of_budget(1, one));
   }
-  Index count = 0;
+  Index count = 0, rank = 0;
   double const s = seconds_of([&] {
-    model::AdaptedModel<Kind, Tie, precision::Fp32, Backend> adapted(net, kind, plan.strategy);
+    Adapted adapted(net, model::AdapterSpec::of_budget(kBudget));
     count = adapted.count();
+    rank = adapted.plan().kind.r;
   });
-  return {{"seconds", s}, {"modules", modules.size()}, {"trainable", count}, {"rank", kind.r}, {"precision", "fp32"}};
+  return {{"seconds", s}, {"modules", modules.size()}, {"trainable", count}, {"rank", rank}, {"precision", "fp32"}};
 }
 
 void run(Options const& o) {

@@ -14,5 +14,5 @@
 #include "tinylora/optim/trainable.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/recipe.hpp"
-#include "tinylora/tying/planner.hpp"
+#include "tinylora/policies.hpp"
 #include "tinylora/tying/strategies.hpp"

@@ -28,6 +28,7 @@
 #include "tinylora/backend/cuda/decoder.cuh"
 #include "tinylora/adapters/tiny_lora.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/model/generate.hpp"
 #include "tinylora/optim/schedule.hpp"
 #include "tinylora/tying/strategies.hpp"
@@ -536,7 +537,7 @@ namespace {
 using CpuModel = model::Decoder<backend::Cpu, precision::Fp32>;
 using CudaModel = model::Decoder<backend::Cuda, precision::Fp32>;
 template <class B>
-using Adapted = model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, B>;
+using Adapted = model::AdaptedModel<Recipe<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, optim::AdamW, B>>;
 
 std::filesystem::path fixture(char const* name) { return test::source_dir() / "tests/reference/fixtures" / name; }
 

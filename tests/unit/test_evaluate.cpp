@@ -15,10 +15,10 @@
 #include "tinylora/adapters/adapters.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/text/load.hpp"
 #include "tinylora/train/evaluate.hpp"
-#include "tinylora/tying/planner.hpp"
 #include "tinylora/tying/strategies.hpp"
 
 using namespace tinylora;
@@ -285,10 +285,9 @@ TEST_CASE("evaluate: the adapter plugged into the model is used; disabled or the
   };
   auto const base = tokens_of(evaluate(net, tok, qa, o));
   using Kind = adapters::TinyLora<adapters::Reference>;
-  auto const modules = model::target_modules(net.config(), {});
-  auto const plan = tying::plan_budget<tying::Tiling>(modules, 2, {1});
-  model::AdaptedModel<Kind, tying::Tiling, precision::Fp32, backend::Cpu> adapted(net, Kind{.r = 2, .u = plan.u, .seed = 1},
-                                                                                  plan.strategy);
+  auto spec = model::AdapterSpec::of_budget(2);
+  spec.options.seed = 1;
+  model::AdaptedModel<Recipe<Kind, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(net, spec);
   REQUIRE(adapted.count() == 2);
   adapted.set_theta(std::vector<float>{0.0f, 0.0f});
   CHECK(tokens_of(evaluate(net, tok, qa, o)) == base);

@@ -93,8 +93,8 @@ TEST_CASE("PPO and k3 token terms: derivatives match finite differences away fro
 
 namespace {
 using Adapter = adapters::TinyLora<adapters::Paper>;
-using Policy = model::AdaptedModel<Adapter, tying::Tiling, precision::Fp32, backend::Cpu>;
-using Trainer = train::GrpoTrainer<Adapter, tying::Tiling, precision::Fp32, backend::Cpu, optim::AdamW>;
+using Policy = model::AdaptedModel<Recipe<Adapter, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>>;
+using Trainer = train::GrpoTrainer<Recipe<Adapter, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>>;
 
 std::vector<data::QaExample> prompts() {
   return {{"What is 2 + 3?", "#### 5"}, {"Tom has 4 apples and eats one. How many are left?", "#### 3"},

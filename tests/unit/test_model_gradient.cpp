@@ -11,6 +11,7 @@
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/core/type_list.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/optim/schedule.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/tying/strategies.hpp"
@@ -41,7 +42,7 @@ void check_gradient(std::string const& name, A adapter, T tie, double tolerance)
   auto const seed = test::seed(31);
   INFO("model " << name << ", adapter " << A::name << ", tie " << T::name);
   auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures" / name);
-  model::AdaptedModel<A, T, precision::Fp32, backend::Cpu> adapted(net, adapter, tie);
+  model::AdaptedModel<Recipe<A, T, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(net, adapter, tie);
   auto const [batch, mask] = batch_of(net.config().vocab, seed);
   std::vector<float> theta(static_cast<std::size_t>(adapted.count()));
   CounterRng const rng(seed, 3);
@@ -102,7 +103,7 @@ TEST_CASE("theta-gradient of the whole tiny Qwen2 for every adapter kind x tie s
   for_each_pair(test::AllAdapters{}, test::AllTies{}, [&]<class A, class T>() {
     if constexpr (!(A::slots_depend_on_shape && T::mixes_module_types)) {
       INFO("adapter " << A::name << ", tie " << T::name);
-      model::AdaptedModel<A, T, precision::Fp32, backend::Cpu> adapted(net, test::make_adapter<A>(seed), test::make_tie<T>());
+      model::AdaptedModel<Recipe<A, T, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(net, test::make_adapter<A>(seed), test::make_tie<T>());
       std::vector<float> theta(static_cast<std::size_t>(adapted.count()));
       CounterRng const rng(seed, 11);
       // Full and LoRA slots are weight-sized: keep Delta W small against W.
@@ -155,7 +156,7 @@ TEST_CASE("a nonlinear objective of the token log-probs at temperature 0.7: its 
   auto const seed = test::seed(37);
   auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures/tiny_llama");
   using A = adapters::TinyLora<adapters::Paper>;
-  model::AdaptedModel<A, tying::Tiling, precision::Fp32, backend::Cpu> adapted(net, A{.r = 2, .u = 2, .seed = seed},
+  model::AdaptedModel<Recipe<A, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(net, A{.r = 2, .u = 2, .seed = seed},
                                                                               tying::Tiling{3});
   auto const [batch, mask] = batch_of(net.config().vocab, seed);
   float const T = 0.7f;
@@ -220,7 +221,7 @@ TEST_CASE("merging the adapter into the weights gives the fused forward; unmergi
   auto net = Model::load_hf(test::source_dir() / "tests/reference/fixtures/tiny_qwen2");
   adapters::TinyLora<adapters::Paper> kind;
   kind.u = 2;
-  model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, backend::Cpu> adapted(
+  model::AdaptedModel<Recipe<adapters::TinyLora<adapters::Paper>, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(
       net, kind, tying::Tiling{4});
   auto const [batch, mask] = batch_of(net.config().vocab, seed);
   adapted.set_enabled(false);

@@ -113,7 +113,7 @@ nlohmann::json read_json(std::filesystem::path const& path) {
 // TinyLoRA (Peft convention, r = 2, u = 2, our own SVD and projections), two tiles of 5 modules
 // (PEFT: weight_tying = 0.8), theta = 0.3 N(0, 1) from seed 2026.
 constexpr std::uint64_t kExportSeed = 2026;
-using ExportAdapted = model::AdaptedModel<PeftKind, tying::Tiling, Fp32, Cpu>;
+using ExportAdapted = model::AdaptedModel<Recipe<PeftKind, tying::Tiling, Fp32, optim::AdamW, Cpu>>;
 
 std::unique_ptr<ExportAdapted> export_recipe(Model& net) {
   PeftKind kind;
@@ -197,7 +197,7 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     PeftKind kind;
     kind.u = 3;
     kind.seed = seed;
-    model::AdaptedModel<PeftKind, tying::PeftRatio, Fp32, Cpu> a(net, kind, tying::PeftRatio{0.6});
+    model::AdaptedModel<Recipe<PeftKind, tying::PeftRatio, Fp32, optim::AdamW, Cpu>> a(net, kind, tying::PeftRatio{0.6});
     a.set_theta(test::normal_vector(static_cast<std::size_t>(a.count()), seed, 2, 0.5f));
     HostMatrix const want = net.logits(batch);
     auto const dir = test::scratch_dir("peft_export_ratio");
@@ -222,7 +222,7 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     model::Targets targets;
     targets.types = {"q_proj", "v_proj", "down_proj"};
     targets.layers = {1};
-    model::AdaptedModel<adapters::TinyLora<adapters::Paper>, tying::All, Fp32, Cpu> a(net, kind, tying::All{}, targets);
+    model::AdaptedModel<Recipe<adapters::TinyLora<adapters::Paper>, tying::All, Fp32, optim::AdamW, Cpu>> a(net, kind, tying::All{}, targets);
     a.set_theta(test::normal_vector(static_cast<std::size_t>(a.count()), seed, 3, 0.5f));
     HostMatrix const want = net.logits(batch);
     auto const dir = test::scratch_dir("peft_export_layers");
@@ -241,7 +241,7 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     kind.seed = seed;
     model::Targets targets;
     targets.regex = R"(model\.layers\.0\.self_attn\.q_proj|model\.layers\.1\.mlp\.up_proj)";
-    model::AdaptedModel<PeftKind, tying::Untied, Fp32, Cpu> a(net, kind, tying::Untied{}, targets);
+    model::AdaptedModel<Recipe<PeftKind, tying::Untied, Fp32, optim::AdamW, Cpu>> a(net, kind, tying::Untied{}, targets);
     a.set_theta(test::normal_vector(static_cast<std::size_t>(a.count()), seed, 4, 0.5f));
     HostMatrix const want = net.logits(batch);
     auto const dir = test::scratch_dir("peft_export_regex");
@@ -261,7 +261,7 @@ TEST_CASE("export refuses what PEFT cannot express: a tiling PEFT's weight_tying
   auto const dir = test::scratch_dir("peft_export_refused");
   {
     // 14 modules in tiles of 4: 4 + 4 + 4 + 2; PEFT with 4 groups ties 3 + 3 + 3 + 5.
-    model::AdaptedModel<PeftKind, tying::Tiling, Fp32, Cpu> a(net, PeftKind{}, tying::Tiling{4});
+    model::AdaptedModel<Recipe<PeftKind, tying::Tiling, Fp32, optim::AdamW, Cpu>> a(net, PeftKind{}, tying::Tiling{4});
     CHECK_THROWS_WITH_AS(io::export_peft_adapter(dir, a),
                          doctest::Contains("tie groups of strategy 'tiling' (n_tie=4, 4 groups over 14 modules) cannot be "
                                            "written as PEFT's weight_tying"),
@@ -269,14 +269,14 @@ TEST_CASE("export refuses what PEFT cannot express: a tiling PEFT's weight_tying
   }
   {
     // Tiles of 7 are PEFT's 2 groups: exported with weight_tying = 1 - 2/14.
-    model::AdaptedModel<PeftKind, tying::Tiling, Fp32, Cpu> a(net, PeftKind{}, tying::Tiling{7});
+    model::AdaptedModel<Recipe<PeftKind, tying::Tiling, Fp32, optim::AdamW, Cpu>> a(net, PeftKind{}, tying::Tiling{7});
     auto const cfg = io::export_peft_adapter(dir, a);
     CHECK(cfg.weight_tying == doctest::Approx(1.0 - 2.0 / 14.0));
   }
   {
     adapters::TinyLora<adapters::Reference> kind;  // scale alpha / u = 1/2
     kind.u = 2;
-    model::AdaptedModel<adapters::TinyLora<adapters::Reference>, tying::All, Fp32, Cpu> a(net, kind, tying::All{});
+    model::AdaptedModel<Recipe<adapters::TinyLora<adapters::Reference>, tying::All, Fp32, optim::AdamW, Cpu>> a(net, kind, tying::All{});
     CHECK_THROWS_WITH_AS(io::export_peft_adapter(dir, a), doctest::Contains("the adapter's scale is 0.5 (expected 1"), Error);
   }
 }

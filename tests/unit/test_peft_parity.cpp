@@ -18,6 +18,7 @@
 #include "tinylora/io/peft_adapter.hpp"
 #include "tinylora/io/safetensors.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/precision/policies.hpp"
 
 using namespace tinylora;
@@ -32,7 +33,7 @@ void check_case(std::string const& model_name, std::string const& case_name, Ind
   Kind kind;
   kind.u = u;
   kind.svd = linalg::SvdMethod::Exact;
-  model::AdaptedModel<Kind, tying::PeftRatio, precision::Fp32, backend::Cpu> adapted(net, kind, tying::PeftRatio{weight_tying});
+  model::AdaptedModel<Recipe<Kind, tying::PeftRatio, precision::Fp32, optim::AdamW, backend::Cpu>> adapted(net, kind, tying::PeftRatio{weight_tying});
   auto const f = io::SafetensorsFile::open(dir / ("model_" + model_name + "_tinylora_" + case_name + ".safetensors"));
   auto& set = adapted.adapter_set();
   // PEFT's frozen factors and projections, module by module.

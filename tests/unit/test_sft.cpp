@@ -17,8 +17,8 @@ using namespace tinylora;
 
 namespace {
 using Adapter = adapters::TinyLora<adapters::Paper>;
-using Policy = model::AdaptedModel<Adapter, tying::Tiling, precision::Fp32, backend::Cpu>;
-using Trainer = train::SftTrainer<Adapter, tying::Tiling, precision::Fp32, backend::Cpu, optim::AdamW>;
+using Policy = model::AdaptedModel<Recipe<Adapter, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>>;
+using Trainer = train::SftTrainer<Recipe<Adapter, tying::Tiling, precision::Fp32, optim::AdamW, backend::Cpu>>;
 using Net = model::Decoder<backend::Cpu, precision::Fp32>;
 
 std::vector<data::SupervisedExample> examples(Net const& net, text::Tokenizer const& tok) {

@@ -9,13 +9,20 @@
 #include "tinylora/backend/cpu/cpu.hpp"
 #include "tinylora/core/type_list.hpp"
 #include "tinylora/precision/policies.hpp"
-#include "tinylora/tying/planner.hpp"
+#include "tinylora/adapters/plan.hpp"
 
 using namespace tinylora;
 using namespace tinylora::tying;
 
 namespace {
 ModuleList qwen7b() { return decoder_modules(shapes::kQwen25_7B); }
+/// TinyLoRA's plan with u searched in {1, 2, 4}.
+template <class T>
+adapters::AdapterPlan<adapters::TinyLora<>, T> plan_budget(ModuleList const& modules, Index b) {
+  adapters::AdapterOptions o;
+  o.u_choices = {1, 2, 4};
+  return adapters::plan_adapter<adapters::TinyLora<>, T>(o, modules, b);
+}
 }  // namespace
 
 TEST_CASE("module lists of the paper's models have the published sizes") {
@@ -78,24 +85,24 @@ TEST_CASE("PEFT weight_tying: groups = max(1, round(N (1 - wt))), size = N // gr
 TEST_CASE("budget planner reproduces REFERENCE.md section 3 for N = 196") {
   auto const modules = qwen7b();
   auto const b13 = plan_budget<Tiling>(modules, 13);
-  CHECK(b13.u == 1);
-  CHECK(b13.strategy.n_tie == 16);
+  CHECK(b13.kind.u == 1);
+  CHECK(b13.tie.n_tie == 16);
   CHECK(b13.count == 13);
   auto const b2 = plan_budget<Tiling>(modules, 2);
-  CHECK(b2.u == 1);
-  CHECK(b2.strategy.n_tie == 98);
-  auto const g2 = b2.strategy.assign(modules);
+  CHECK(b2.kind.u == 1);
+  CHECK(b2.tie.n_tie == 98);
+  auto const g2 = b2.tie.assign(modules);
   CHECK(modules[static_cast<std::size_t>(std::find(g2.begin(), g2.end(), 1) - g2.begin())].layer == 14);  // theta_2 drives layers 14-27
   auto const b49 = plan_budget<Tiling>(modules, 49);
-  CHECK(b49.u == 1);
-  CHECK(b49.strategy.n_tie == 4);
+  CHECK(b49.kind.u == 1);
+  CHECK(b49.tie.n_tie == 4);
   auto const b196 = plan_budget<Tiling>(modules, 196);
-  CHECK(b196.u == 1);
-  CHECK(b196.strategy.n_tie == 1);
+  CHECK(b196.kind.u == 1);
+  CHECK(b196.tie.n_tie == 1);
   // Structured: 7 types x ceil(28 / n_tie) groups; 13 is unreachable, 14 is nearest (ties go to fewer).
   auto const s13 = plan_budget<Structured>(modules, 13);
   CHECK(s13.count == 14);
-  CHECK(s13.n_groups * s13.u == 14);
+  CHECK(s13.n_groups * s13.kind.u == 14);
   CHECK(plan_budget<All>(modules, 4).count == 4);
   CHECK(plan_budget<Untied>(modules, 200).count == 196);
   CHECK(plan_budget<PeftRatio>(modules, 13).count == 13);
@@ -120,9 +127,7 @@ TEST_CASE("planner counts equal the trainable scalars an AdapterSet creates") {
     for_each_type<Tiling, Structured, All, PeftRatio, Untied>([&]<class T>() {
       INFO("b = " << b << ", tie " << T::name);
       auto const plan = plan_budget<T>(modules, b);
-      adapters::TinyLora<> kind;
-      kind.u = plan.u;
-      adapters::AdapterSet<adapters::TinyLora<>, T, precision::Fp32, backend::Cpu> set(kind, plan.strategy, modules,
+      adapters::AdapterSet<adapters::TinyLora<>, T, precision::Fp32, backend::Cpu> set(plan.kind, plan.tie, modules,
                                                                                          views);
       CHECK(set.count() == plan.count);
       CHECK(set.n_groups() == plan.n_groups);

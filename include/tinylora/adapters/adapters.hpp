@@ -5,4 +5,5 @@
 #include "tinylora/adapters/full.hpp"
 #include "tinylora/adapters/lora.hpp"
 #include "tinylora/adapters/lora_xs.hpp"
+#include "tinylora/adapters/plan.hpp"
 #include "tinylora/adapters/tiny_lora.hpp"

@@ -7,8 +7,11 @@
 #include <concepts>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
+#include "tinylora/adapters/options.hpp"
 #include "tinylora/core/host_matrix.hpp"
 #include "tinylora/core/module.hpp"
 #include "tinylora/core/tensor.hpp"
@@ -58,11 +61,17 @@ concept AdapterModule = requires(M m, M const cm, ConstMatrixView<float> X, Matr
 /// | `a.slots(info)`                          | `Index`            | trainable scalars one module (or one tie group) needs  |
 /// | `a.template make_module<B, P>(W, info, i)` | `A::Module<B, P>` | frozen state: SVD factors, projections, ...; an AdapterModule |
 /// | `a.init_slots(info, g, out)`             | `void`             | the initial value of group g's slots (the convention's v-init) |
+/// | `A::configure(o)`                        | `A`                | the kind from run-time AdapterOptions `o`; fields it lacks or `o` leaves unset keep the kind's defaults |
+/// | `A::candidates(o)`                       | `std::vector<A>`   | every setting of the kind's budget knob (TinyLoRA: one per u in o.u_choices), fewest slots first |
+/// | `a.describe()`                           | `std::string`      | every value that changes Delta W ("r=2 u=1 alpha=1 init=zeros seed=0 svd=automatic"), recorded in result files |
 template <class A, class B, class P>
 concept AdapterKind = requires(A const a, ModuleInfo const& info, ConstMatrixView<float> W, Index i,
-                               std::span<float> out) {
+                               std::span<float> out, AdapterOptions const& o) {
   { A::name } -> std::convertible_to<std::string_view>;
   { A::slots_depend_on_shape } -> std::convertible_to<bool>;
+  { A::configure(o) } -> std::same_as<A>;
+  { A::candidates(o) } -> std::same_as<std::vector<A>>;
+  { a.describe() } -> std::same_as<std::string>;
   { a.slots(info) } -> std::same_as<Index>;
   { a.template make_module<B, P>(W, info, i) } -> AdapterModule;
   a.init_slots(info, i, out);

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "tinylora/adapters/concepts.hpp"
+#include "tinylora/adapters/options.hpp"
 #include "tinylora/core/error.hpp"
 
 namespace tinylora::adapters {
@@ -17,6 +19,10 @@ struct Full {
   static constexpr bool slots_depend_on_shape = true;
 
   Index slots(ModuleInfo const& m) const { return m.d_out * m.d_in; }
+
+  static Full configure(AdapterOptions const&) { return {}; }
+  static std::vector<Full> candidates(AdapterOptions const& o) { return {configure(o)}; }
+  std::string describe() const { return "dense"; }
   void init_slots(ModuleInfo const&, Index, std::span<float> out) const {
     for (float& x : out) x = 0.0f;
   }

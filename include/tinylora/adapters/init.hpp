@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 
+#include "tinylora/core/format.hpp"
 #include "tinylora/core/rng.hpp"
 #include "tinylora/core/tensor.hpp"
 
@@ -35,8 +36,8 @@ struct Init {
   std::string describe() const {
     switch (kind) {
       case Kind::Zeros: return "zeros";
-      case Kind::Normal: return "normal(std=" + std::to_string(scale) + ")";
-      case Kind::Uniform: return "uniform(bound=" + std::to_string(scale) + ")";
+      case Kind::Normal: return "normal(std=" + exact(scale) + ")";
+      case Kind::Uniform: return "uniform(bound=" + exact(scale) + ")";
     }
     return "?";
   }

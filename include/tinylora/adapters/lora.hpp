@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "tinylora/adapters/concepts.hpp"
 #include "tinylora/adapters/init.hpp"
+#include "tinylora/adapters/options.hpp"
 #include "tinylora/core/error.hpp"
 
 namespace tinylora::adapters {
@@ -26,6 +28,16 @@ struct Lora {
 
   Index slots(ModuleInfo const& m) const { return r * (m.d_in + m.d_out); }
   float scale() const { return alpha / static_cast<float>(r); }
+
+  static Lora configure(AdapterOptions const& o) {
+    Lora k;
+    if (o.has_r()) k.r = o.r;
+    if (o.has_alpha()) k.alpha = o.alpha;
+    k.seed = o.seed;
+    return k;
+  }
+  static std::vector<Lora> candidates(AdapterOptions const& o) { return {configure(o)}; }
+  std::string describe() const { return detail::concat("r=", r, " alpha=", exact(alpha), " seed=", seed); }
 
   /// A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (Kaiming-uniform with a = sqrt(5), as PEFT), B = 0.
   void init_slots(ModuleInfo const& m, Index group, std::span<float> out) const {

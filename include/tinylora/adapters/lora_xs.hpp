@@ -5,12 +5,14 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "tinylora/adapters/concepts.hpp"
 #include "tinylora/adapters/init.hpp"
 #include "tinylora/adapters/low_rank_core.hpp"
+#include "tinylora/adapters/options.hpp"
 #include "tinylora/linalg/svd.hpp"
 
 namespace tinylora::adapters {
@@ -25,6 +27,19 @@ struct LoraXs {
   linalg::SvdMethod svd = linalg::SvdMethod::Automatic;
 
   Index slots(ModuleInfo const&) const { return r * r; }
+
+  static LoraXs configure(AdapterOptions const& o) {
+    LoraXs k;
+    if (o.has_r()) k.r = o.r;
+    k.seed = o.seed;
+    k.svd = o.svd;
+    return k;
+  }
+  /// No budget knob besides the tie setting: r is the frozen rank, an axis of its own.
+  static std::vector<LoraXs> candidates(AdapterOptions const& o) { return {configure(o)}; }
+  std::string describe() const {
+    return detail::concat("r=", r, " init=", init.describe(), " seed=", seed, " svd=", svd_method_name(svd));
+  }
   void init_slots(ModuleInfo const&, Index group, std::span<float> out) const { init.fill(out, seed, group); }
 
   template <class B, class P>

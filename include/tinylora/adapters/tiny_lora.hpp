@@ -20,7 +20,9 @@
 #include "tinylora/adapters/concepts.hpp"
 #include "tinylora/adapters/conventions.hpp"
 #include "tinylora/adapters/low_rank_core.hpp"
+#include "tinylora/adapters/options.hpp"
 #include "tinylora/core/rng.hpp"
+#include "tinylora/core/tensor.hpp"
 #include "tinylora/linalg/svd.hpp"
 
 namespace tinylora::adapters {
@@ -45,6 +47,32 @@ struct TinyLora {
 
   Index slots(ModuleInfo const&) const { return u; }
   float scale() const { return Convention::scale(alpha, r, u); }
+
+  /// The kind from run-time options (u = the first of o.u_choices; unset fields keep the defaults).
+  static TinyLora configure(AdapterOptions const& o) {
+    TinyLora k;
+    if (o.has_r()) k.r = o.r;
+    if (o.has_alpha()) k.alpha = o.alpha;
+    k.u = o.u_choices.front();
+    k.seed = o.seed;
+    k.svd = o.svd;
+    return k;
+  }
+  /// The budget planner's knob: one kind per u in o.u_choices (the trainable count is G u).
+  static std::vector<TinyLora> candidates(AdapterOptions const& o) {
+    std::vector<TinyLora> out;
+    for (Index each : o.u_choices) {
+      TinyLora k = configure(o);
+      k.u = each;
+      out.push_back(k);
+    }
+    return out;
+  }
+  /// Every value that changes Delta W, recorded in result files.
+  std::string describe() const {
+    return detail::concat("r=", r, " u=", u, " alpha=", exact(alpha), " init=", init.describe(), " seed=", seed,
+                          " svd=", svd_method_name(svd));
+  }
 
   void init_slots(ModuleInfo const&, Index group, std::span<float> out) const { init.fill(out, seed, group); }
 
@@ -161,5 +189,13 @@ struct TinyLora {
     return Module<B, P>(*this, W, module_index);
   }
 };
+
+template <class A>
+inline constexpr bool is_tiny_lora = false;
+template <TinyLoraConvention C>
+inline constexpr bool is_tiny_lora<TinyLora<C>> = true;
+/// A TinyLoRA kind, of any convention.
+template <class A>
+concept IsTinyLora = is_tiny_lora<A>;
 
 }  // namespace tinylora::adapters

@@ -42,3 +42,34 @@ constexpr void for_each_pair(TypeList<As...>, TypeList<Bs...>, F&& f) {
 }
 
 }  // namespace tinylora
+
+namespace tinylora {
+
+namespace detail {
+template <class L, class T>
+struct AppendUnique;
+template <class... Ts, class T>
+struct AppendUnique<TypeList<Ts...>, T> {
+  using type = std::conditional_t<(std::is_same_v<Ts, T> || ...), TypeList<Ts...>, TypeList<Ts..., T>>;
+};
+template <class L, class... Ts>
+struct AppendAllUnique {
+  using type = L;
+};
+template <class L, class T, class... Ts>
+struct AppendAllUnique<L, T, Ts...> {
+  using type = typename AppendAllUnique<typename AppendUnique<L, T>::type, Ts...>::type;
+};
+template <class L, class M>
+struct ConcatUnique;
+template <class L, class... Ms>
+struct ConcatUnique<L, TypeList<Ms...>> {
+  using type = typename AppendAllUnique<L, Ms...>::type;
+};
+}  // namespace detail
+
+/// L followed by the types of M that L does not hold yet (first occurrence kept).
+template <class L, class M>
+using ConcatUnique = typename detail::ConcatUnique<L, M>::type;
+
+}  // namespace tinylora

@@ -44,6 +44,7 @@
 #include "tinylora/core/host_matrix.hpp"
 #include "tinylora/io/safetensors.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/optim/optimizers.hpp"
 #include "tinylora/precision/types.hpp"
 #include "tinylora/tying/strategies.hpp"
 
@@ -396,10 +397,12 @@ inline std::optional<double> peft_weight_tying_for(std::vector<Index> const& gro
 /// Paper conventions; PEFT has no scale) and tie groups PEFT's weight_tying can express; the
 /// targets are written as projection types (+ layers_to_transform) when exact, else as a regex of
 /// module names. Returns the config it wrote.
-template <adapters::TinyLoraConvention C, class T, class P, class B>
-PeftAdapterConfig export_peft_adapter(std::filesystem::path const& dir,
-                                      model::AdaptedModel<adapters::TinyLora<C>, T, P, B> const& adapted,
+template <class Rc>
+  requires adapters::IsTinyLora<typename Rc::adapter>
+PeftAdapterConfig export_peft_adapter(std::filesystem::path const& dir, model::AdaptedModel<Rc> const& adapted,
                                       PeftExportInfo const& info = {}) {
+  using T = typename Rc::tie;
+  using B = typename Rc::backend;
   auto const& set = adapted.adapter_set();
   auto const& kind = set.adapter();
   auto const& c = adapted.model().config();
@@ -477,7 +480,7 @@ PeftAdapterConfig export_peft_adapter(std::filesystem::path const& dir,
 
 /// The AdaptedModel a PEFT TinyLoRA adapter imports into.
 template <class P, class B>
-using PeftAdaptedModel = model::AdaptedModel<adapters::TinyLora<adapters::Peft>, tying::PeftRatio, P, B>;
+using PeftAdaptedModel = model::AdaptedModel<Recipe<adapters::TinyLora<adapters::Peft>, tying::PeftRatio, P, optim::AdamW, B>>;
 
 struct PeftImportOptions {
   /// The SVD the AdaptedModel computes at construction; its factors are then replaced by the
@@ -488,9 +491,9 @@ struct PeftImportOptions {
 /// Loads `dir`/adapter_model.safetensors into an AdaptedModel built for `cfg` (same modules, r, u
 /// and tie groups): every module's factors (L = B, R = A) and projections P, and theta from the
 /// groups' v. Every expected tensor must be present with its exact shape, and no other may be.
-template <adapters::TinyLoraConvention C, class T, class P, class B>
-void load_peft_adapter_weights(std::filesystem::path const& dir, PeftAdapterConfig const& cfg,
-                               model::AdaptedModel<adapters::TinyLora<C>, T, P, B>& adapted) {
+template <class Rc>
+  requires adapters::IsTinyLora<typename Rc::adapter>
+void load_peft_adapter_weights(std::filesystem::path const& dir, PeftAdapterConfig const& cfg, model::AdaptedModel<Rc>& adapted) {
   auto& set = adapted.adapter_set();
   auto const& kind = set.adapter();
   ModuleList const& modules = set.modules();

@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "tinylora/adapters/adapter_set.hpp"
+#include "tinylora/adapters/plan.hpp"
 #include "tinylora/model/decoder.hpp"
+#include "tinylora/recipe.hpp"
 
 namespace tinylora::model {
 
@@ -42,15 +44,56 @@ inline ModuleList target_modules(ModelConfig const& c, Targets const& targets) {
   return out;
 }
 
-template <class A, class T, class P, class B>
+/// The run-time half of a recipe: the adapter's hyper-parameters, the budget b and the targets.
+/// With the recipe's types it decides the adapter exactly (the planner is deterministic), which is
+/// why result files record it (model/adapter_record.hpp).
+struct AdapterSpec {
+  adapters::AdapterOptions options;
+  Index budget = 13;
+  Targets targets;
+
+  /// Default options, budget b, the given targets (default: the seven projections of every block).
+  static AdapterSpec of_budget(Index b, Targets t = {}) {
+    AdapterSpec spec;
+    spec.budget = b;
+    spec.targets = std::move(t);
+    return spec;
+  }
+};
+
+/// The model with recipe R's adapter plugged in. R = Recipe<Adapter, Tie, Precision, Optimizer,
+/// Backend>; the optimizer does not change the adapted function (the trainers use it).
+template <IsRecipe R>
 class AdaptedModel final : public LinearAdapters {
  public:
+  using recipe = R;
+  using A = typename R::adapter;
+  using T = typename R::tie;
+  using P = typename R::precision;
+  using B = typename R::backend;
   using Set = adapters::AdapterSet<A, T, P, B>;
+  using Plan = adapters::AdapterPlan<A, T>;
 
-  /// Builds the adapter from the model's frozen weights (each module's SVD runs here) and
-  /// plugs it into the model. The model must outlive this object.
+  /// The factory: the kind and tie setting the budget planner picks for `spec` on this model's
+  /// targets, built from the model's frozen weights (each module's SVD runs here) and plugged in,
+  /// with theta at the kind's initial value. The model must outlive this object.
+  AdaptedModel(Decoder<B, P>& model, AdapterSpec const& spec)
+      : AdaptedModel(model, adapters::plan_adapter<A, T>(spec.options, target_modules(model.config(), spec.targets), spec.budget),
+                     spec.targets) {
+    spec_ = spec;
+    set_.set_theta(set_.initial_theta());  // the kind's init (TinyLoRA Paper: v = 0; LoRA: A random, B = 0)
+  }
+
+  /// An explicit kind and tie setting (tests, imports of adapters made elsewhere); theta starts at 0.
   AdaptedModel(Decoder<B, P>& model, A adapter, T strategy, Targets const& targets = {})
-      : model_(model), set_(make_set(model, adapter, strategy, targets)) {
+      : AdaptedModel(model, explicit_plan(model, adapter, strategy, targets), targets) {}
+
+  /// Built from a plan (the factory's, or one checked against a result file).
+  AdaptedModel(Decoder<B, P>& model, Plan const& plan, Targets const& targets)
+      : model_(model), set_(make_set(model, plan.kind, plan.tie, targets)), plan_(plan) {
+    spec_.targets = targets;
+    TINYLORA_CHECK(set_.count() == plan_.count, "AdaptedModel: the plan counts ", plan_.count, " trainable scalars but the adapter has ",
+                   set_.count(), " (a planner bug; please report it)");
     module_of_.assign(static_cast<std::size_t>(model.config().n_layers), {});
     for (auto& row : module_of_) row.fill(-1);
     auto const& mods = set_.modules();
@@ -125,6 +168,10 @@ class AdaptedModel final : public LinearAdapters {
 
   Set& adapter_set() { return set_; }
   Set const& adapter_set() const { return set_; }
+  /// The kind, tie setting, group of each module and count this adapter was built from.
+  Plan const& plan() const { return plan_; }
+  /// The spec it was planned from (explicit constructions: the targets only).
+  AdapterSpec const& spec() const { return spec_; }
   Decoder<B, P>& model() { return model_; }
   Decoder<B, P> const& model() const { return model_; }
 
@@ -171,8 +218,18 @@ class AdaptedModel final : public LinearAdapters {
     return Set(adapter, strategy, modules, views);
   }
 
+  static Plan explicit_plan(Decoder<B, P> const& model, A const& adapter, T const& strategy, Targets const& targets) {
+    ModuleList const modules = target_modules(model.config(), targets);
+    Plan plan{adapter, strategy, strategy.assign(modules), 0, 0};
+    plan.n_groups = tying::count_groups(plan.group_of);
+    plan.count = adapters::plan_count<A, T>(adapter, plan.group_of, plan.n_groups, modules);  // -1: AdapterSet says why
+    return plan;
+  }
+
   Decoder<B, P>& model_;
   Set set_;
+  Plan plan_;
+  AdapterSpec spec_;
   std::vector<std::array<Index, kProjCount>> module_of_;  // (layer, proj) -> module index or -1
   bool enabled_ = true;
   bool merged_ = false;

@@ -150,13 +150,16 @@ struct Rollout {
   float advantage = 0;
 };
 
-template <class A, class T, class P, class B, class O>
+/// R: the Recipe; its optimizer updates theta, its precision rounds it.
+template <IsRecipe R>
 class GrpoTrainer {
  public:
-  using Policy = model::AdaptedModel<A, T, P, B>;
+  using Policy = model::AdaptedModel<R>;
+  using O = typename R::optimizer;
+  using P = typename R::precision;
 
   GrpoTrainer(Policy& policy, text::Tokenizer const& tok, std::vector<data::QaExample> const& train, std::vector<std::int32_t> stop_ids,
-              GrpoOptions const& o, O optimizer)
+              GrpoOptions const& o, O optimizer = {})
       : policy_(policy), tok_(tok), o_(o), stop_ids_(std::move(stop_ids)),
         trainable_(optimizer, std::vector<float>(policy.theta().begin(), policy.theta().end())) {
     TINYLORA_CHECK(o.prompts_per_step >= 1 && o.group_size >= 1 && o.n_minibatches >= 1 && o.micro_batch >= 1 && o.epochs >= 1,

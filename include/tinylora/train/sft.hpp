@@ -28,12 +28,15 @@ struct SftOptions {
   std::uint64_t seed = 0;      // data order
 };
 
-template <class A, class T, class P, class B, class O>
+/// R: the Recipe; its optimizer updates theta, its precision rounds it.
+template <IsRecipe R>
 class SftTrainer {
  public:
-  using Policy = model::AdaptedModel<A, T, P, B>;
+  using Policy = model::AdaptedModel<R>;
+  using O = typename R::optimizer;
+  using P = typename R::precision;
 
-  SftTrainer(Policy& policy, std::vector<data::SupervisedExample> examples, SftOptions const& o, O optimizer)
+  SftTrainer(Policy& policy, std::vector<data::SupervisedExample> examples, SftOptions const& o, O optimizer = {})
       : policy_(policy), examples_(std::move(examples)), o_(o),
         trainable_(optimizer, std::vector<float>(policy.theta().begin(), policy.theta().end())) {
     TINYLORA_CHECK(o.batch_size >= 1 && o.micro_batch >= 1 && o.epochs >= 1, "SftTrainer: batch_size, micro_batch and epochs must be >= 1");
