@@ -93,12 +93,14 @@ void budget_table(Options const& o, io::ResultFile& file) {
     ModuleList const modules = decoder_modules(shape);
     for (Index b : o.budgets)
       for_each_type(Ties{}, [&]<class T>() {
-        auto const p = tying::plan_budget<T>(modules, b);
+        adapters::AdapterOptions ao;
+        ao.u_choices = {1, 2, 4};
+        auto const p = adapters::plan_adapter<adapters::TinyLora<>, T>(ao, modules, b);
         std::cout << std::setw(14) << model << std::setw(9) << modules.size() << std::setw(12) << T::name << std::setw(8)
-                  << b << std::setw(4) << p.u << std::setw(20) << p.strategy.describe() << std::setw(8) << p.n_groups
+                  << b << std::setw(4) << p.kind.u << std::setw(20) << p.tie.describe() << std::setw(8) << p.n_groups
                   << std::setw(8) << p.count << 4 * p.count << "/" << 2 * p.count << "/" << 2 * p.count << "\n";
-        model_col.push_back(model), tie_col.push_back(std::string(T::name)), setting_col.push_back(p.strategy.describe());
-        modules_col.push_back(static_cast<std::int64_t>(modules.size())), budget_col.push_back(b), u_col.push_back(p.u);
+        model_col.push_back(model), tie_col.push_back(std::string(T::name)), setting_col.push_back(p.tie.describe());
+        modules_col.push_back(static_cast<std::int64_t>(modules.size())), budget_col.push_back(b), u_col.push_back(p.kind.u);
         groups_col.push_back(p.n_groups), count_col.push_back(p.count);
       });
   }

@@ -10,22 +10,27 @@
 
 #include "common/cli.hpp"
 #include "common/model_path.hpp"
+#include "common/recipe_main.hpp"
 #include "tinylora/core/sha256.hpp"
 #include "tinylora/model/adapted.hpp"
+#include "tinylora/model/adapter_record.hpp"
 #include "tinylora/text/load.hpp"
 #include "tinylora/tinylora.hpp"
 #include "tinylora/train/loss_surface.hpp"
 
 using namespace tinylora;
-// ---- the ablation block: one line per policy axis (the convention is chosen at run time) --------
-using Conventions = TypeList<adapters::Reference, adapters::Paper, adapters::Peft, adapters::Fork>;
+// ---- the ablation block: one line per policy axis; --recipe picks one of the list (default: the first)
 using Tie = tying::Tiling;
 using Precision = precision::Fp32;
+using Optimizer = optim::AdamW;    // part of the recipe's name only: a scan trains nothing
 using Backend = backend::Default;  // backend::Cpu; backend::Cuda under the cuda preset (backend/default.hpp)
+template <class Convention>
+using Scan = Recipe<adapters::TinyLora<Convention>, Tie, Precision, Optimizer, Backend>;
+using Recipes = TypeList<Scan<adapters::Reference>, Scan<adapters::Paper>, Scan<adapters::Peft>, Scan<adapters::Fork>>;
 
 struct Options {
   std::string model = cli::default_model_path(), data = "data/gsm8k/train_first128.jsonl";
-  std::string question_field = "question", answer_field = "answer", convention = "reference";
+  std::string question_field = "question", answer_field = "answer";
   std::string out = "results/01_loss_surface.h5", center, direction1, direction2;
   std::size_t limit = 128, offset = 0, max_length = 512;
   Index budget = 2, grid = 20, batch = 4;
@@ -33,17 +38,17 @@ struct Options {
   std::uint64_t seed = 1;
 };
 
-template <class C>
+template <class R>
 void run(Options const& o) {
-  auto net = model::Decoder<Backend, Precision>::load(o.model);  // a GGUF file or a Hugging Face folder
+  auto net = model::Decoder<typename R::backend, typename R::precision>::load(o.model);  // a GGUF file or a Hugging Face folder
   auto const tok = text::load_tokenizer(o.model);
-  auto const modules = model::target_modules(net.config(), {});
-  auto const plan = tying::plan_budget<Tie>(modules, o.budget, {1});
-  adapters::TinyLora<C> kind{.r = 2, .u = plan.u, .seed = o.seed};
-  model::AdaptedModel<adapters::TinyLora<C>, Tie, Precision, Backend> adapted(net, kind, plan.strategy);
+  auto spec = model::AdapterSpec::of_budget(o.budget);
+  spec.options.seed = o.seed;
+  model::AdaptedModel<R> adapted(net, spec);
+  auto const& plan = adapted.plan();
   Index const b = adapted.count();
-  std::printf("model %s: %zu modules, budget %td -> u=%td, %s, %td groups, theta has %td scalars\n", o.model.c_str(),
-              modules.size(), o.budget, plan.u, plan.strategy.describe().c_str(), plan.n_groups, b);
+  std::printf("%s on %s: %td modules, budget %td -> %s\n", R::describe().c_str(), o.model.c_str(), adapted.adapter_set().n_modules(),
+              o.budget, plan.describe().c_str());
 
   data::QaOptions qo{o.question_field, o.answer_field, o.offset, o.limit, false, o.seed};
   auto const qa = data::load_qa_jsonl(o.data, qo);
@@ -62,9 +67,9 @@ void run(Options const& o) {
 
   std::filesystem::create_directories(std::filesystem::absolute(o.out).parent_path());
   auto file = io::ResultFile::open_or_create_resumable(o.out);
-  std::string const model_sha = std::filesystem::is_directory(o.model) ? "folder" : sha256_file(o.model);
-  std::string const identity = "model=" + model_sha + " data=" + sha256_file(o.data) + " convention=" +
-                               std::string(C::name) + " grid=" + std::to_string(o.grid) + " range=" + std::to_string(o.vmin) + ":" +
+  std::string const model_sha = cli::model_fingerprint(o.model);
+  std::string const identity = "model=" + model_sha + " data=" + sha256_file(o.data) + " recipe=" +
+                               R::describe_adapter() + " grid=" + std::to_string(o.grid) + " range=" + std::to_string(o.vmin) + ":" +
                                std::to_string(o.vmax) + " budget=" + std::to_string(b) + " limit=" + std::to_string(o.limit) +
                                " offset=" + std::to_string(o.offset) + " max_length=" + std::to_string(o.max_length) +
                                " seed=" + std::to_string(o.seed) + " center=" + o.center + " d1=" + o.direction1 + " d2=" + o.direction2;
@@ -75,15 +80,14 @@ void run(Options const& o) {
     file.set_attr("/", "run_identity", identity);
     file.set_attr("/", "experiment", "01_loss_surface");
     cli::record_platform(file);
-    file.set_attr("/", "recipe", std::string(adapters::TinyLora<C>::name) + "/" + std::string(Tie::name) + "/" +
-                                      std::string(Precision::name) + "/-/" + std::string(Backend::name));
+    file.set_attr("/", "recipe", R::describe());
     file.set_attr("/", "model", o.model);
     file.set_attr("/", "model_sha256", model_sha);
     file.set_attr("/", "data", o.data);
     file.set_attr("/", "data_sha256", sha256_file(o.data));
     file.set_attr("/", "seed", static_cast<std::int64_t>(o.seed));
     file.set_attr("/", "budget", static_cast<std::int64_t>(b));
-    file.set_attr("/", "tie", plan.strategy.describe());
+    file.set_attr("/", "tie", plan.tie.describe());
     file.set_attr("/", "batch_size", static_cast<std::int64_t>(o.batch));
     file.set_attr("/", "max_length", static_cast<std::int64_t>(o.max_length));
     file.set_attr("/", "n_examples", static_cast<std::int64_t>(examples.size()));
@@ -95,6 +99,7 @@ void run(Options const& o) {
     for (Index g = 0; g < adapted.adapter_set().n_groups(); ++g)
       file.write_strings("groups/" + std::to_string(g), adapted.group_modules(g));
   }
+  model::record_or_check_adapter(file, adapted, model_sha);
   auto grid = file.resumable("loss", {static_cast<std::size_t>(o.grid), static_cast<std::size_t>(o.grid)});
   train::scan_surface(surface, grid, [&](std::vector<float> const& th) { adapted.set_theta(th); },
                       [&] { return train::dataset_loss(net, examples, o.batch).mean(); });
@@ -113,36 +118,34 @@ void run(Options const& o) {
               values.data()[best], *std::max_element(values.begin(), values.end()), o.out.c_str());
 }
 
+template <class R>
+int scan(int argc, char** argv) {
+  Options o;
+  namespace po = cli::po;
+  po::options_description desc("options (defaults: the report's setting on the shipped GSM8K slice)");
+  desc.add_options()("model", po::value(&o.model)->default_value(o.model), "GGUF model file or Hugging Face folder")(
+      "data", po::value(&o.data)->default_value(o.data), "JSONL question/answer file")(
+      "question-field", po::value(&o.question_field)->default_value(o.question_field), "JSON field of the question")(
+      "answer-field", po::value(&o.answer_field)->default_value(o.answer_field), "JSON field of the answer")(
+      "limit", po::value(&o.limit)->default_value(o.limit), "examples scanned (0: all)")(
+      "offset", po::value(&o.offset)->default_value(o.offset), "examples skipped first")(
+      "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b (tiling, u = 1)")(
+      "grid", po::value(&o.grid)->default_value(o.grid), "points per axis")(
+      "vmin", po::value(&o.vmin)->default_value(o.vmin), "lowest coordinate")(
+      "vmax", po::value(&o.vmax)->default_value(o.vmax), "highest coordinate")(
+      "batch", po::value(&o.batch)->default_value(o.batch), "sequences per forward pass")(
+      "max-length", po::value(&o.max_length)->default_value(o.max_length), "tokens per example (prompt + answer)")(
+      "seed", po::value(&o.seed)->default_value(o.seed), "seed of the projections P")(
+      "center", po::value(&o.center), "theta at the grid's origin, b comma-separated values (default 0)")(
+      "direction1", po::value(&o.direction1), "first axis direction, b values (default e_1)")(
+      "direction2", po::value(&o.direction2), "second axis direction, b values (default e_2)")(
+      "out", po::value(&o.out)->default_value(o.out), "HDF5 result file (resumed if present)");
+  if (!cli::parse(argc, argv, desc, "01_loss_surface: the 2-D TinyLoRA loss surface of the loss-surface report")) return 0;
+  TINYLORA_CHECK(o.grid >= 1 && o.batch >= 1 && o.budget >= 1 && o.vmin <= o.vmax, "01_loss_surface: need grid, batch, budget >= 1 and vmin <= vmax");
+  run<R>(o);
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  return cli::guarded_main("01_loss_surface", [&] {
-    Options o;
-    namespace po = cli::po;
-    po::options_description desc("options (defaults: the report's setting on the shipped GSM8K slice)");
-    desc.add_options()("model", po::value(&o.model)->default_value(o.model), "GGUF model file or Hugging Face folder")(
-        "data", po::value(&o.data)->default_value(o.data), "JSONL question/answer file")(
-        "question-field", po::value(&o.question_field)->default_value(o.question_field), "JSON field of the question")(
-        "answer-field", po::value(&o.answer_field)->default_value(o.answer_field), "JSON field of the answer")(
-        "limit", po::value(&o.limit)->default_value(o.limit), "examples scanned (0: all)")(
-        "offset", po::value(&o.offset)->default_value(o.offset), "examples skipped first")(
-        "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b (tiling, u = 1)")(
-        "grid", po::value(&o.grid)->default_value(o.grid), "points per axis")(
-        "vmin", po::value(&o.vmin)->default_value(o.vmin), "lowest coordinate")(
-        "vmax", po::value(&o.vmax)->default_value(o.vmax), "highest coordinate")(
-        "batch", po::value(&o.batch)->default_value(o.batch), "sequences per forward pass")(
-        "max-length", po::value(&o.max_length)->default_value(o.max_length), "tokens per example (prompt + answer)")(
-        "seed", po::value(&o.seed)->default_value(o.seed), "seed of the projections P")(
-        "convention", po::value(&o.convention)->default_value(o.convention), "reference | paper | peft | fork")(
-        "center", po::value(&o.center), "theta at the grid's origin, b comma-separated values (default 0)")(
-        "direction1", po::value(&o.direction1), "first axis direction, b values (default e_1)")(
-        "direction2", po::value(&o.direction2), "second axis direction, b values (default e_2)")(
-        "out", po::value(&o.out)->default_value(o.out), "HDF5 result file (resumed if present)");
-    if (!cli::parse(argc, argv, desc, "01_loss_surface: the 2-D TinyLoRA loss surface of the loss-surface report")) return 0;
-    TINYLORA_CHECK(o.grid >= 1 && o.batch >= 1 && o.budget >= 1 && o.vmin <= o.vmax, "01_loss_surface: need grid, batch, budget >= 1 and vmin <= vmax");
-    bool matched = false;
-    for_each_type(Conventions{}, [&]<class C>() {
-      if (o.convention == C::name) matched = true, run<C>(o);
-    });
-    TINYLORA_CHECK(matched, "01_loss_surface: unknown convention '", o.convention, "' (expected reference, paper, peft or fork)");
-    return 0;
-  });
+  return cli::recipe_main<Recipes>("01_loss_surface", argc, argv, []<class R>(int n, char** args) { return scan<R>(n, args); });
 }

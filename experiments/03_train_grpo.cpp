@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "common/grpo_options.hpp"
+#include "common/recipe_main.hpp"
 #include "common/train_setup.hpp"
 #include "tinylora/model/adapted.hpp"
 #include "tinylora/text/load.hpp"
@@ -21,51 +22,41 @@ using Tie = tying::Tiling;
 using Precision = precision::Fp32;
 using Optimizer = optim::AdamW;
 using Backend = backend::Default;  // backend::Cpu; backend::Cuda under the cuda preset (backend/default.hpp)
-using Experiment = Recipe<Adapter, Tie, Precision, Optimizer, Backend>;
+using Recipes = TypeList<Recipe<Adapter, Tie, Precision, Optimizer, Backend>>;  // more: --recipe picks one
+
+template <class Experiment>
+int train_grpo(int argc, char** argv) {
+  auto run = cli::TrainRunOptions::with_out("results/03_train_grpo.h5");
+  cli::GrpoCli grpo;
+  auto& g = grpo.grpo;
+  namespace po = cli::po;
+  po::options_description desc("options (GRPO defaults: the paper's GSM8K run; size --prompts and --max-new-tokens to the machine)");
+  cli::add_train_run_options(desc, run);
+  cli::add_grpo_options(desc, grpo);
+  desc.add_options()("lr", po::value(&g.lr)->default_value(g.lr), "learning rate")(
+      "out", po::value(&run.out)->default_value(run.out), "HDF5 result file (resumed if present)");
+  if (!cli::parse(argc, argv, desc, "03_train_grpo: GRPO on TinyLoRA's few scalars, with baseline and trained evaluation")) return 0;
+  cli::finish_grpo_options(grpo, run.rule, run.seed);
+
+  auto net = model::Decoder<typename Experiment::backend, typename Experiment::precision>::load(run.model);
+  auto const tok = text::load_tokenizer(run.model);
+  grpo.grpo.format = train::prompt_format_for(tok);
+  model::AdaptedModel<Experiment> policy(net, cli::adapter_spec(run));
+  auto const train_set = cli::load_train(run);
+  auto const eval_set = cli::load_eval(run);
+  std::printf("%s: b = %td (%s), %zu training prompts, %zu held-out\n", Experiment::describe().c_str(), policy.count(),
+              policy.plan().tie.describe().c_str(), train_set.size(), eval_set.size());
+
+  std::string const identity = "03_train_grpo " + cli::train_run_identity(run) + " recipe=" + Experiment::describe() +
+                               cli::grpo_identity(grpo) + " lr=" + std::to_string(g.lr);
+  auto file = cli::open_run_file(run, "03_train_grpo", identity, policy);
+  file.set_attr("/", "lr", static_cast<double>(g.lr));
+
+  // The baseline is the same model with the adapter switched off, measured once.
+  train::GrpoTrainer<Experiment> trainer(policy, tok, train_set, train::chat_stop_ids(tok, net.config()), g);
+  return cli::baseline_train_evaluate(file, net, policy, trainer, tok, eval_set, run, identity, static_cast<double>(g.lr));
+}
 
 int main(int argc, char** argv) {
-  return cli::guarded_main("03_train_grpo", [&] {
-    auto run = cli::TrainRunOptions::with_out("results/03_train_grpo.h5");
-    cli::GrpoCli grpo;
-    auto& g = grpo.grpo;
-    namespace po = cli::po;
-    po::options_description desc("options (GRPO defaults: the paper's GSM8K run; size --prompts and --max-new-tokens to the machine)");
-    cli::add_train_run_options(desc, run);
-    cli::add_grpo_options(desc, grpo);
-    desc.add_options()("lr", po::value(&g.lr)->default_value(g.lr), "learning rate")(
-        "out", po::value(&run.out)->default_value(run.out), "HDF5 result file (resumed if present)");
-    if (!cli::parse(argc, argv, desc, "03_train_grpo: GRPO on TinyLoRA's few scalars, with baseline and trained evaluation")) return 0;
-    cli::finish_grpo_options(grpo, run.rule, run.seed);
-
-    auto net = model::Decoder<Backend, Precision>::load(run.model);
-    auto const tok = text::load_tokenizer(run.model);
-    grpo.grpo.format = train::prompt_format_for(tok);
-    auto const plan = tying::plan_budget<Tie>(model::target_modules(net.config(), {}), run.budget, {1});
-    model::AdaptedModel<Adapter, Tie, Precision, Backend> policy(net, Adapter{.r = 2, .u = plan.u, .seed = run.seed}, plan.strategy);
-    auto const train_set = cli::load_train(run);
-    auto const eval_set = cli::load_eval(run);
-    std::printf("%s: b = %td (%s), %zu training prompts, %zu held-out\n", Experiment::describe().c_str(), policy.count(),
-                plan.strategy.describe().c_str(), train_set.size(), eval_set.size());
-
-    std::string const identity = "03_train_grpo " + cli::train_run_identity(run) + " recipe=" + Experiment::describe() +
-                                 cli::grpo_identity(grpo) + " lr=" + std::to_string(g.lr);
-    auto file = cli::open_run_file(run, "03_train_grpo", identity, Experiment::describe(), policy.count(), plan.strategy.describe());
-    file.set_attr("/", "lr", static_cast<double>(g.lr));
-
-    // The baseline: the same model with the adapter switched off, measured once.
-    policy.set_enabled(false);
-    double const baseline = cli::evaluate_once(file, "eval/baseline", net, tok, eval_set, run);
-    policy.set_enabled(true);
-
-    train::GrpoTrainer<Adapter, Tie, Precision, Backend, Optimizer> trainer(policy, tok, train_set, train::chat_stop_ids(tok, net.config()), g,
-                                                                           Optimizer{});
-    train::TrainLog log(file, trainer.total_steps(), policy.count());
-    train::run_steps(trainer, log, {cli::checkpoint_dir(run), run.checkpoint_every, static_cast<std::size_t>(run.keep_last), identity,
-                                    run.die_at_step, true});
-    if (!file.has("theta_final")) file.write("theta_final", trainer.theta());
-    double const trained = cli::evaluate_once(file, "eval/trained", net, tok, eval_set, run);
-    std::printf("held-out accuracy: baseline %.4f -> trained %.4f (%+.4f) with b = %td, lr %g\nwrote %s\n", baseline, trained,
-                trained - baseline, policy.count(), static_cast<double>(g.lr), run.out.c_str());
-    return 0;
-  });
+  return cli::recipe_main<Recipes>("03_train_grpo", argc, argv, []<class R>(int n, char** args) { return train_grpo<R>(n, args); });
 }

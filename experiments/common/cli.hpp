@@ -14,9 +14,20 @@
 #include "tinylora/config.hpp"
 #include "tinylora/io/hdf5.hpp"
 
+/// The source revision the experiment was built from ("<git sha>[+dirty]", or "unknown" outside
+/// a git checkout): defined in a generated file (cmake/write_revision.cmake) so that a new commit
+/// relinks the experiments instead of recompiling them.
+extern "C" char const* tinylora_build_revision();
+
 namespace tinylora::cli {
 
 namespace po = boost::program_options;
+
+/// Whether this program takes --recipe and --list-recipes (common/recipe_main.hpp; printed by --help).
+inline bool& takes_recipe_option() {
+  static bool on = false;
+  return on;
+}
 
 /// Parses argv into `desc`'s variables. Returns false (after printing help) when --help was given.
 inline bool parse(int argc, char** argv, po::options_description& desc, std::string const& usage) {
@@ -29,6 +40,9 @@ inline bool parse(int argc, char** argv, po::options_description& desc, std::str
   }
   if (vm.count("help")) {
     std::cout << usage << "\n\n" << desc << "\n";
+    if (takes_recipe_option())
+      std::cout << "  --recipe NAME         the recipe to run, of those this build has (default: the first)\n"
+                   "  --list-recipes        print them and exit\n";
     return false;
   }
   po::notify(vm);
@@ -51,6 +65,7 @@ int guarded_main(char const* program, Body&& body) {
 /// the kernel it runs (backend/cpu/blas_kernel.hpp: checked against the CPU, fixed when it fell back).
 inline void record_platform(io::ResultFile& file) {
   for (auto const& [key, value] : backend::cpu::blas_kernel().attributes()) file.set_attr("/", key, value);
+  file.set_attr("/", "git_revision", std::string(tinylora_build_revision()));
 }
 
 }  // namespace tinylora::cli

@@ -14,6 +14,7 @@
 #include "tinylora/core/sha256.hpp"
 #include "tinylora/data/qa.hpp"
 #include "tinylora/io/hdf5.hpp"
+#include "tinylora/model/adapter_record.hpp"
 #include "tinylora/train/evaluate.hpp"
 #include "tinylora/train/loop.hpp"
 
@@ -26,6 +27,9 @@ struct TrainRunOptions {
   std::size_t limit = 0, offset = 0;            // training examples
   std::size_t eval_limit = 64, eval_offset = 0; // held-out examples (0: all)
   Index budget = 13;
+  Index rank = 0;                               // adapter rank (0: the kind's default)
+  std::string alpha = "default", u_choices = "1", svd = "automatic";
+  std::string targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
   std::uint64_t seed = 0;
   std::string rule = "paper-fork";
   Index eval_batch = 16, eval_max_new_tokens = 256;
@@ -52,7 +56,12 @@ inline void add_train_run_options(po::options_description& desc, TrainRunOptions
       "eval-offset", po::value(&o.eval_offset)->default_value(o.eval_offset), "held-out examples skipped first")(
       "eval-batch", po::value(&o.eval_batch)->default_value(o.eval_batch), "prompts generated together when evaluating")(
       "eval-max-new-tokens", po::value(&o.eval_max_new_tokens)->default_value(o.eval_max_new_tokens), "generation limit when evaluating")(
-      "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b (TinyLoRA, tiling, u = 1)")(
+      "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b: the planner picks the tie setting (and u) closest to it")(
+      "rank", po::value(&o.rank)->default_value(o.rank), "adapter rank r: frozen SVD rank (TinyLoRA, LoRA-XS) or LoRA's rank (0: the kind's default)")(
+      "alpha", po::value(&o.alpha)->default_value(o.alpha), "scale numerator alpha of the kinds that have one ('default': the kind's or convention's)")(
+      "u", po::value(&o.u_choices)->default_value(o.u_choices), "TinyLoRA: the u the budget planner may choose, comma-separated")(
+      "svd", po::value(&o.svd)->default_value(o.svd), "SVD of the frozen weights: automatic | exact | krylov | randomized")(
+      "targets", po::value(&o.targets)->default_value(o.targets), "adapted module types, comma-separated, or all-linear")(
       "seed", po::value(&o.seed)->default_value(o.seed), "seed of the projections, data order and sampling")(
       "rule", po::value(&o.rule)->default_value(o.rule), "answer extraction: paper-fork | reference | boxed | last-number")(
       "checkpoints", po::value(&o.checkpoints), "checkpoint folder (default: <out>.ckpt)")(
@@ -63,13 +72,28 @@ inline void add_train_run_options(po::options_description& desc, TrainRunOptions
       "testing: kill this process with SIGKILL after step S is logged, before its checkpoint");
 }
 
+/// The run-time half of the recipe (the adapter's options, budget and targets) from the options.
+inline model::AdapterSpec adapter_spec(TrainRunOptions const& o) {
+  model::AdapterSpec spec;
+  spec.budget = o.budget;
+  spec.options.r = o.rank;
+  if (o.alpha != "default") spec.options.alpha = parse_floats(o.alpha).at(0);
+  spec.options.u_choices = parse_counts(o.u_choices, "u");
+  spec.options.svd = adapters::svd_method_from_name(o.svd);
+  spec.options.seed = o.seed;
+  spec.targets.types = model::detail::split_commas(o.targets);
+  TINYLORA_CHECK(o.budget >= 1, "--budget must be >= 1 (got ", o.budget, ")");
+  spec.options.validate();
+  return spec;
+}
+
 /// The part of a run's identity that the shared options determine (file hashes included).
 inline std::string train_run_identity(TrainRunOptions const& o) {
-  std::string const model_sha = std::filesystem::is_directory(o.model) ? "folder:" + o.model : sha256_file(o.model);
-  return "model=" + model_sha + " data=" + sha256_file(o.data) + " eval_data=" + sha256_file(o.eval_data) + " q=" + o.question_field +
+  return "model=" + model_fingerprint(o.model) + " data=" + sha256_file(o.data) + " eval_data=" + sha256_file(o.eval_data) + " q=" + o.question_field +
          " a=" + o.answer_field + " limit=" + std::to_string(o.limit) + " offset=" + std::to_string(o.offset) +
          " eval_limit=" + std::to_string(o.eval_limit) + " eval_offset=" + std::to_string(o.eval_offset) +
-         " eval_max_new_tokens=" + std::to_string(o.eval_max_new_tokens) + " budget=" + std::to_string(o.budget) +
+         " eval_max_new_tokens=" + std::to_string(o.eval_max_new_tokens) + " budget=" + std::to_string(o.budget) + " rank=" + std::to_string(o.rank) + " alpha=" + o.alpha + " u=" + o.u_choices +
+         " svd=" + o.svd + " targets=" + o.targets +
          " seed=" + std::to_string(o.seed) + " rule=" + o.rule;
 }
 
@@ -85,17 +109,21 @@ inline std::vector<data::QaExample> load_eval(TrainRunOptions const& o) {
 }
 
 /// The run's result file, opened for resuming (created if missing): a file made with another identity
-/// is refused; the root attributes say which experiment, recipe, budget and tie plan wrote it.
-inline io::ResultFile open_run_file(TrainRunOptions const& o, std::string const& program, std::string const& identity,
-                                    std::string const& recipe, Index budget, std::string const& tie) {
+/// is refused; the root attributes say which experiment, recipe, budget and tie plan wrote it, and
+/// group /adapter records the adapter exactly (model/adapter_record.hpp: 05_evaluate --run rebuilds it).
+template <class R>
+io::ResultFile open_run_file(TrainRunOptions const& o, std::string const& program, std::string const& identity,
+                             model::AdaptedModel<R> const& policy) {
   std::filesystem::create_directories(std::filesystem::absolute(o.out).parent_path());
   auto file = io::ResultFile::open_or_create_resumable(o.out);
   train::check_run_identity(file, identity, program, o.out);
   file.set_attr("/", "experiment", program);
-  file.set_attr("/", "recipe", recipe);
-  file.set_attr("/", "budget", static_cast<std::int64_t>(budget));
-  file.set_attr("/", "tie", tie);
+  file.set_attr("/", "recipe", R::describe());
+  file.set_attr("/", "budget", static_cast<std::int64_t>(o.budget));
+  file.set_attr("/", "tie", policy.plan().tie.describe());
+  file.set_attr("/", "model_sha256", model_fingerprint(o.model));
   record_platform(file);
+  model::record_or_check_adapter(file, policy, model_fingerprint(o.model));
   return file;
 }
 
@@ -121,6 +149,26 @@ double evaluate_once(io::ResultFile& file, std::string const& group, Model const
               r.seconds);
   std::fflush(stdout);
   return r.accuracy();
+}
+
+/// What a training experiment does once its policy, trainer and result file exist: the baseline
+/// (the adapter switched off), the training steps (resumable, checkpointed), theta_final, the trained
+/// evaluation, and the one-line summary. Each part done before is read back, not redone.
+template <class Net, class Policy, class Trainer>
+int baseline_train_evaluate(io::ResultFile& file, Net const& net, Policy& policy, Trainer& trainer, text::Tokenizer const& tok,
+                            std::vector<data::QaExample> const& eval_set, TrainRunOptions const& run, std::string const& identity,
+                            double lr) {
+  policy.set_enabled(false);
+  double const baseline = evaluate_once(file, "eval/baseline", net, tok, eval_set, run);
+  policy.set_enabled(true);
+  train::TrainLog log(file, trainer.total_steps(), policy.count());
+  train::run_steps(trainer, log, {checkpoint_dir(run), run.checkpoint_every, static_cast<std::size_t>(run.keep_last), identity,
+                                  run.die_at_step, true});
+  if (!file.has("theta_final")) file.write("theta_final", trainer.theta());
+  double const trained = evaluate_once(file, "eval/trained", net, tok, eval_set, run);
+  std::printf("held-out accuracy: baseline %.4f -> trained %.4f (%+.4f) with b = %td, lr %g\nwrote %s\n", baseline, trained,
+              trained - baseline, policy.count(), lr, run.out.c_str());
+  return 0;
 }
 
 }  // namespace tinylora::cli
