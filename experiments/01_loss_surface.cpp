@@ -147,5 +147,5 @@ int scan(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  return cli::recipe_main<Recipes>("01_loss_surface", argc, argv, []<class R>(int n, char** args) { return scan<R>(n, args); });
+  return cli::recipe_main<Recipes>("01_loss_surface", argc, argv, [&]<class R>(int n, char** args) { return scan<R>(n, args); });
 }

@@ -106,5 +106,5 @@ int sweep(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  return cli::recipe_main<Recipes>("02_budget_sweep", argc, argv, []<class R>(int n, char** args) { return sweep<R>(n, args); });
+  return cli::recipe_main<Recipes>("02_budget_sweep", argc, argv, [&]<class R>(int n, char** args) { return sweep<R>(n, args); });
 }

@@ -58,5 +58,5 @@ int train_grpo(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  return cli::recipe_main<Recipes>("03_train_grpo", argc, argv, []<class R>(int n, char** args) { return train_grpo<R>(n, args); });
+  return cli::recipe_main<Recipes>("03_train_grpo", argc, argv, [&]<class R>(int n, char** args) { return train_grpo<R>(n, args); });
 }

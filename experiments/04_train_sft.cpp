@@ -74,5 +74,5 @@ int train_sft(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  return cli::recipe_main<Recipes>("04_train_sft", argc, argv, []<class R>(int n, char** args) { return train_sft<R>(n, args); });
+  return cli::recipe_main<Recipes>("04_train_sft", argc, argv, [&]<class R>(int n, char** args) { return train_sft<R>(n, args); });
 }

@@ -239,6 +239,6 @@ std::optional<std::string> recorded_recipe(std::vector<char*> const& args) {
 }
 
 int main(int argc, char** argv) {
-  return cli::recipe_main<Recipes>("05_evaluate", argc, argv, []<class R>(int n, char** args) { return evaluate_main<R>(n, args); },
+  return cli::recipe_main<Recipes>("05_evaluate", argc, argv, [&]<class R>(int n, char** args) { return evaluate_main<R>(n, args); },
                                    recorded_recipe);
 }
