@@ -129,7 +129,7 @@ int scan(int argc, char** argv) {
       "answer-field", po::value(&o.answer_field)->default_value(o.answer_field), "JSON field of the answer")(
       "limit", po::value(&o.limit)->default_value(o.limit), "examples scanned (0: all)")(
       "offset", po::value(&o.offset)->default_value(o.offset), "examples skipped first")(
-      "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b (tiling, u = 1)")(
+      "budget", po::value(&o.budget)->default_value(o.budget), "trainable scalars b: the planner picks the recipe's tie setting closest to it")(
       "grid", po::value(&o.grid)->default_value(o.grid), "points per axis")(
       "vmin", po::value(&o.vmin)->default_value(o.vmin), "lowest coordinate")(
       "vmax", po::value(&o.vmax)->default_value(o.vmax), "highest coordinate")(
