@@ -3,8 +3,8 @@
 // NaN, k = 0), add with rounding into 16-bit storage, fill, transfers, and the errors; and the
 // decoder's forward and backward operations (backend/cuda/kernels*.cuh) against backend/cpu/'s; and
 // the adapters' low-rank core (apply, backward with its dK, Delta W, merge) on both backends; and
-// token sampling on the device against model::sample_token; and Decoder<Cuda> (backend/cuda/
-// decoder.cuh) against Decoder<Cpu> on the tiny Llama and Qwen2 fixtures: loss, logits, log-probs,
+// token sampling on the device against model::sample_token; and Decoder<Cuda> (model/decoder.hpp's
+// one decoder over backend::Cuda's operations) against Decoder<Cpu> on the tiny Llama and Qwen2 fixtures: loss, logits, log-probs,
 // TinyLoRA's theta-gradient through AdaptedModel, a policy-gradient objective, merge, generation.
 // Built twice: by g++ under Thrust's OpenMP device system (test_cuda_backend_omp, in CI), and by
 // nvcc as CUDA (test_cuda_backend_cuda, the `cuda` preset), where it skips without a GPU.
@@ -25,7 +25,6 @@
 #include "tinylora/backend/cuda/kernels.cuh"
 #include "tinylora/backend/cuda/kernels_backward.cuh"
 #include "tinylora/backend/cuda/sampling.cuh"
-#include "tinylora/backend/cuda/decoder.cuh"
 #include "tinylora/adapters/tiny_lora.hpp"
 #include "tinylora/model/adapted.hpp"
 #include "tinylora/optim/optimizers.hpp"
@@ -686,7 +685,7 @@ TEST_CASE("Decoder<Cuda> rejects bad input with the host decoder's messages") {
   std::vector<std::uint8_t> const mask{0, 1, 1};
   CHECK_THROWS_WITH_AS(gpu.loss(batch, mask), doctest::Contains("outside the vocabulary"), Error);
   CHECK_THROWS_WITH_AS(gpu.loss(batch, std::vector<std::uint8_t>{1}), doctest::Contains("mask has 1 entries for 3 tokens"), Error);
-  model::DeviceKvCache cache(gpu.config().n_layers, 1, 2, gpu.config().kv_dim());
+  CudaModel::Cache cache(gpu.config().n_layers, 1, 2, gpu.config().kv_dim());
   std::vector<std::int32_t> const one{5};
   std::vector<Index> const slot{0};
   gpu.decode_step(one, slot, cache);

@@ -74,7 +74,7 @@ TEST_CASE("the KV-cache decode step gives the full forward's logits") {
   all.insert(all.end(), extra.begin(), extra.end());
   full.add(all);
   HostMatrix const want = r->model.logits(full);  // (n, V)
-  model::KvCache cache(r->model.config().n_layers, 1, static_cast<Index>(all.size()), r->model.config().kv_dim());
+  Model::Cache cache(r->model.config().n_layers, 1, static_cast<Index>(all.size()), r->model.config().kv_dim());
   model::PackedBatch pre;
   pre.add(prompt);
   std::vector<Index> const slot{0};
@@ -107,7 +107,7 @@ TEST_CASE("threading: per-sequence parts give the serial forward's hidden states
   Index longest = 0;
   for (auto const& p : prompts) longest = std::max(longest, static_cast<Index>(p.size()));
   auto prefill = [&] {
-    auto cache = std::make_unique<model::KvCache>(r->model.config().n_layers, 128, longest + 2, r->model.config().kv_dim());
+    auto cache = std::make_unique<Model::Cache>(r->model.config().n_layers, 128, longest + 2, r->model.config().kv_dim());
     std::vector<Index> const slots{0, 1, 2, 3};
     (void)r->model.hidden_states(batch, cache.get(), slots);
     for (Index s = 4; s < 128; ++s) cache->copy_slot(s % 4, s);

@@ -207,7 +207,7 @@ namespace {
 /// decode step (which multiplies by the decoder's packed copies of the weights).   returns (1, V)
 HostMatrix decode_last(Model const& net, model::PackedBatch const& batch) {
   std::vector<std::int32_t> const seq(batch.ids.begin(), batch.ids.begin() + batch.offsets[1]);
-  model::KvCache cache(net.config().n_layers, 1, static_cast<Index>(seq.size()), net.config().kv_dim());
+  Model::Cache cache(net.config().n_layers, 1, static_cast<Index>(seq.size()), net.config().kv_dim());
   model::PackedBatch prefix;
   prefix.add(std::span<std::int32_t const>(seq).first(seq.size() - 1));
   std::vector<Index> const slot{0};

@@ -6,7 +6,7 @@
 #pragma once
 
 #if defined(TINYLORA_DEFAULT_BACKEND_CUDA)
-#include "tinylora/backend/cuda/decoder.cuh"
+#include "tinylora/backend/cuda/cuda.cuh"
 namespace tinylora::backend {
 using Default = Cuda;
 }

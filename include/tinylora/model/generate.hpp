@@ -5,26 +5,18 @@
 // temperature alone (what GRPO's importance ratio uses).
 #pragma once
 
-#include "tinylora/core/eigen.hpp"
-
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <numeric>
 #include <vector>
 
-#include "tinylora/core/rng.hpp"
+#include "tinylora/backend/cpu/sampling.hpp"
+#include "tinylora/backend/sampling.hpp"
 #include "tinylora/model/decoder.hpp"
 
 namespace tinylora::model {
 
-struct SamplingOptions {
-  bool greedy = false;       // argmax; temperature, top-k and top-p are ignored
-  float temperature = 1.0f;
-  int top_k = 0;             // 0: no top-k
-  float top_p = 1.0f;        // 1: no nucleus truncation
-  std::uint64_t seed = 0;    // draws are keyed by (seed, sequence id, step): batching never changes them
-};
+using backend::Sampled;
+using backend::SamplingOptions;
 
 struct GenerationOptions {
   Index max_new_tokens = 128;
@@ -42,112 +34,11 @@ struct Completion {
   bool stopped = false;                 // hit a stop token (else the length limit)
 };
 
-/// Picks a token from one row of logits. Returns (token, log q(token), log softmax(logits/T)(token)).
-struct Sampled {
-  std::int32_t token;
-  float logprob;
-  float policy_logprob;
-};
-
+/// Picks a token from one row of logits (backend/cpu/sampling.hpp; every backend's sample_tokens
+/// draws the same).   logits: (vocab)
 inline Sampled sample_token(float const* logits, Index vocab, SamplingOptions const& o, std::uint64_t sequence,
                             std::uint64_t step) {
-  float const T = o.greedy ? 1.0f : o.temperature;
-  TINYLORA_CHECK(T > 0, "sample_token(): temperature must be > 0 (got ", T, "). Hint: use greedy decoding instead.");
-  bool const truncate = (o.top_k > 0 && o.top_k < vocab) || o.top_p < 1.0f;
-  if (o.greedy || !truncate) {
-    // The whole vocabulary: lse of z = logits / T by the vectorized log-sum-exp, then an inverse-CDF
-    // scan block by block (a block's mass in one vectorized pass, exps in double only inside the
-    // block where u falls). Same distribution as the plain path below with keep = vocab.
-    std::vector<float> zf(static_cast<std::size_t>(vocab));  // (V) logits / T
-    for (Index j = 0; j < vocab; ++j) zf[static_cast<std::size_t>(j)] = logits[j] / T;
-    double const lse = backend::cpu::log_sum_exp(zf.data(), vocab);
-    if (o.greedy) {
-      auto const best = static_cast<std::int32_t>(std::max_element(logits, logits + vocab) - logits);
-      auto const lp = static_cast<float>(zf[static_cast<std::size_t>(best)] - lse);
-      return {best, lp, lp};
-    }
-    constexpr Index kBlock = 256;
-    double const u = CounterRng(o.seed, streams::of(streams::kSample, sequence)).uniform(step);
-    double acc = 0;
-    std::int32_t token = static_cast<std::int32_t>(vocab - 1);  // if rounding leaves u above the total
-    for (Index j0 = 0; j0 < vocab; j0 += kBlock) {
-      Index const n = std::min(kBlock, vocab - j0);
-      double const block = (Eigen::Map<Eigen::ArrayXf const>(zf.data() + j0, n) - static_cast<float>(lse)).exp().sum();
-      if (u >= acc + block) {
-        acc += block;
-        continue;
-      }
-      for (Index j = j0; j < j0 + n; ++j) {
-        acc += std::exp(double{zf[static_cast<std::size_t>(j)]} - lse);
-        if (u < acc) {
-          token = static_cast<std::int32_t>(j);
-          break;
-        }
-      }
-      if (u < acc) break;
-      token = static_cast<std::int32_t>(j0 + n - 1);  // the block's float mass overstated its double one
-    }
-    auto const lp = static_cast<float>(zf[static_cast<std::size_t>(token)] - lse);
-    return {token, lp, lp};
-  }
-  // Top-k / top-p, the plain way: log softmax(logits / T) in double, candidates in descending
-  // probability, truncated by top-k, then by top-p (smallest prefix with mass >= p).
-  std::vector<double> z(static_cast<std::size_t>(vocab));
-  double m = -INFINITY;
-  for (Index j = 0; j < vocab; ++j) m = std::max(m, z[static_cast<std::size_t>(j)] = double{logits[j]} / T);
-  double sum = 0;
-  for (double x : z) sum += std::exp(x - m);
-  double const lse = m + std::log(sum);
-  std::vector<std::int32_t> order(static_cast<std::size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  Index keep = vocab;
-  if (o.top_k > 0) keep = std::min<Index>(keep, o.top_k);
-  std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                    [&](std::int32_t a, std::int32_t b) { return z[static_cast<std::size_t>(a)] > z[static_cast<std::size_t>(b)]; });
-  if (o.top_p < 1.0f) {
-    double mass = 0;
-    for (Index i = 0; i < keep; ++i) {
-      mass += std::exp(z[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] - lse);
-      if (mass >= o.top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  double kept_mass = 0;
-  for (Index i = 0; i < keep; ++i) kept_mass += std::exp(z[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] - lse);
-  double const u = CounterRng(o.seed, streams::of(streams::kSample, sequence)).uniform(step) * kept_mass;
-  double acc = 0;
-  std::int32_t token = order[static_cast<std::size_t>(keep - 1)];
-  for (Index i = 0; i < keep; ++i) {
-    acc += std::exp(z[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] - lse);
-    if (u < acc) {
-      token = order[static_cast<std::size_t>(i)];
-      break;
-    }
-  }
-  double const policy = z[static_cast<std::size_t>(token)] - lse;
-  return {token, static_cast<float>(policy - std::log(kept_mass)), static_cast<float>(policy)};
-}
-
-/// One decode step of the active rows and a token drawn for each. A decoder that samples in its own
-/// memory (backend::Cuda's: only the tokens come back) does it itself; otherwise every row of the
-/// host logits is drawn in parallel (counter-based RNG: the same tokens whatever the thread count).
-template <class Model>
-std::vector<Sampled> decode_and_sample(Model const& model, std::span<std::int32_t const> tokens, std::span<Index const> slots,
-                                       typename Model::Cache& cache, SamplingOptions const& o, std::uint64_t step) {
-  if constexpr (requires { model.decode_sample(tokens, slots, cache, o, step); }) {
-    return model.decode_sample(tokens, slots, cache, o, step);
-  } else {
-    HostMatrix const logits = model.decode_step(tokens, slots, cache);  // (n_active, V)
-    std::vector<Sampled> drawn(slots.size());
-    auto const n = static_cast<Index>(slots.size());
-#pragma omp parallel for schedule(static) if (n > 1)
-    for (Index i = 0; i < n; ++i)
-      drawn[static_cast<std::size_t>(i)] = sample_token(logits.row(i).data(), logits.cols(), o,
-                                                        static_cast<std::uint64_t>(slots[static_cast<std::size_t>(i)]), step);
-    return drawn;
-  }
+  return backend::cpu::sample_token(logits, vocab, o, sequence, step);
 }
 
 /// Generates n_samples completions for every prompt. Completion order: prompt-major, then sample.
@@ -195,7 +86,7 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
   TINYLORA_CHECK(o.sampling.greedy || o.sampling.temperature > 0, "generate(): temperature must be > 0 (got ",
                  o.sampling.temperature, "). Hint: use greedy decoding instead.");
   for (Index step = 1; !active.empty(); ++step) {
-    std::vector<Sampled> const drawn = decode_and_sample(model, next, active, cache, o.sampling, static_cast<std::uint64_t>(step));
+    std::vector<Sampled> const drawn = model.decode_sample(next, active, cache, o.sampling, static_cast<std::uint64_t>(step));
     std::vector<Index> still;
     std::vector<std::int32_t> following;
     for (std::size_t i = 0; i < active.size(); ++i) {

@@ -226,7 +226,7 @@ void add_bias(MatrixView<float> y, W const* bias) {
 }
 
 /// The plain version of cross_entropy_forward: every exp and the sum in double.
-inline std::vector<double> cross_entropy_forward_reference(MatrixView<float> logits, std::span<std::int32_t const> targets) {
+inline std::vector<double> cross_entropy_forward_reference(ConstMatrixView<float> logits, std::span<std::int32_t const> targets) {
   std::vector<double> nll(static_cast<std::size_t>(logits.rows));
   for (Index t = 0; t < logits.rows; ++t) {
     float const* row = logits.data + t * logits.ld;
@@ -250,7 +250,7 @@ inline double log_sum_exp(float const* z, Index n) {
 }
 
 /// -log softmax(logits)[target] per row through log_sum_exp; logits (m, V) are left unchanged.
-inline std::vector<double> cross_entropy_forward(MatrixView<float> logits, std::span<std::int32_t const> targets) {
+inline std::vector<double> cross_entropy_forward(ConstMatrixView<float> logits, std::span<std::int32_t const> targets) {
   TINYLORA_PROFILE_SCOPE("cross-entropy");
   std::vector<double> nll(static_cast<std::size_t>(logits.rows));
 #pragma omp parallel for

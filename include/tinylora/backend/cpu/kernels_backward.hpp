@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "tinylora/backend/cpu/cpu.hpp"
+#include "tinylora/backend/cpu/gemm.hpp"
 #include "tinylora/backend/cpu/kernels.hpp"
 #include "tinylora/core/error.hpp"
 #include "tinylora/core/profile.hpp"
@@ -208,7 +208,7 @@ void head_backward(ConstMatrixView<float> dlogits, ConstMatrixView<W> E_head, Ma
                  "head_backward(): shape mismatch (dlogits is ", dlogits.rows, "x", dlogits.cols, ", E_head ",
                  E_head.rows, "x", E_head.cols, ", dh ", dh.rows, "x", dh.cols, ")");
   if constexpr (std::is_same_v<W, float>) {
-    Cpu::gemm(Op::N, Op::N, 1.0f, dlogits, E_head, 1.0f, dh);
+    Gemm::gemm(Op::N, Op::N, 1.0f, dlogits, E_head, 1.0f, dh);
   } else {
     constexpr Index kBlock = 4096;  // vocabulary rows widened at a time
     RowMajor E;                     // (block, d)
@@ -218,7 +218,7 @@ void head_backward(ConstMatrixView<float> dlogits, ConstMatrixView<W> E_head, Ma
       for (Index v = 0; v < nv; ++v)
         for (Index j = 0; j < E_head.cols; ++j) E(v, j) = static_cast<float>(E_head(v0 + v, j));
       ConstMatrixView<float> const G{dlogits.data + v0, dlogits.rows, nv, dlogits.ld};  // (m, block) columns of dlogits
-      Cpu::gemm(Op::N, Op::N, 1.0f, G, ConstMatrixView<float>{E.data(), nv, E_head.cols, E_head.cols}, 1.0f, dh);
+      Gemm::gemm(Op::N, Op::N, 1.0f, G, ConstMatrixView<float>{E.data(), nv, E_head.cols, E_head.cols}, 1.0f, dh);
     }
   }
 }

@@ -10,24 +10,11 @@
 //     column-major mapping, its functors and its storage are tested on a machine without a GPU.
 // Either way the type is backend::Cuda, so switching a recipe's backend is one `using` line.
 //
-// This header: the Backend concept's primitives (storage from one memory pool per run, transfers,
-// gemm, add, fill, synchronize). The decoder's operations are in kernels.cuh and kernels_backward.cuh,
-// sampling in sampling.cuh, and the decoder itself, Decoder<Cuda, P>, in decoder.cuh.
+// This header: backend::Cuda, the Backend concept's two tables: storage from one memory pool per run
+// (runtime.cuh), transfers, gemm, add, fill, synchronize; and the decoder's operations, which forward
+// to kernels.cuh, kernels_backward.cuh and sampling.cuh. The decoder itself is model/decoder.hpp's,
+// the same class as on the CPU.
 #pragma once
-
-#if !defined(__CUDACC__) && !defined(THRUST_DEVICE_SYSTEM)
-#error "tinylora/backend/cuda/cuda.cuh: compile with nvcc, or define THRUST_DEVICE_SYSTEM=THRUST_DEVICE_SYSTEM_OMP for the C++ compiler (CMake does: TINYLORA_THRUST_OMP)"
-#endif
-
-#include <thrust/copy.h>
-#include <thrust/device_vector.h>
-#include <thrust/execution_policy.h>
-#include <thrust/for_each.h>
-#include <thrust/iterator/counting_iterator.h>
-#include <thrust/mr/allocator.h>
-#include <thrust/mr/device_memory_resource.h>
-#include <thrust/mr/disjoint_sync_pool.h>
-#include <thrust/mr/new.h>
 
 #include <span>
 #include <string_view>
@@ -35,106 +22,13 @@
 #include <vector>
 
 #include "tinylora/backend/concepts.hpp"
+#include "tinylora/backend/cuda/kernels_backward.cuh"
+#include "tinylora/backend/cuda/runtime.cuh"
+#include "tinylora/backend/cuda/sampling.cuh"
 #include "tinylora/core/error.hpp"
-
-#if THRUST_DEVICE_SYSTEM == THRUST_DEVICE_SYSTEM_CUDA
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-#define TINYLORA_CUDA_DEVICE 1
-#else
-#define TINYLORA_CUDA_DEVICE 0
-#if defined(TINYLORA_HAS_OPENBLAS)
-#include <cblas.h>
-#else
-#include "tinylora/core/eigen.hpp"
-#endif
-#endif
-
-#if TINYLORA_CUDA_DEVICE
-/// Throws tinylora::Error naming the call, file:line and CUDA's error string when a runtime call fails.
-#define TINYLORA_CUDA_CHECK(call)                                                                             \
-  do {                                                                                                      \
-    cudaError_t const tinylora_cuda_status = (call);                                                        \
-    if (tinylora_cuda_status != cudaSuccess)                                                                \
-      ::tinylora::fail(#call, " failed at ", __FILE__, ":", __LINE__, ": ", cudaGetErrorString(tinylora_cuda_status), \
-                       ". Hint: check that a GPU is visible (nvidia-smi) and has free memory.");           \
-  } while (0)
-/// The same for cuBLAS calls.
-#define TINYLORA_CUBLAS_CHECK(call)                                                                           \
-  do {                                                                                                      \
-    cublasStatus_t const tinylora_cublas_status = (call);                                                   \
-    if (tinylora_cublas_status != CUBLAS_STATUS_SUCCESS)                                                    \
-      ::tinylora::fail(#call, " failed at ", __FILE__, ":", __LINE__, ": ",                                 \
-                       cublasGetStatusString(tinylora_cublas_status));                                      \
-  } while (0)
-#endif
+#include "tinylora/core/host_matrix.hpp"
 
 namespace tinylora::backend {
-
-namespace cuda_detail {
-
-/// Y(i, j) = T(Y(i, j) + alpha X(i, j)) at flat index e = i cols + j.
-template <class T>
-struct AddScaled {
-  ConstMatrixView<float> X;
-  MatrixView<T> Y;
-  float alpha;
-  TINYLORA_HOST_DEVICE void operator()(Index e) const {
-    Index const i = e / Y.cols, j = e % Y.cols;
-    Y(i, j) = T(static_cast<float>(Y(i, j)) + alpha * X(i, j));
-  }
-};
-
-/// C(i, j) = value.
-struct Fill {
-  MatrixView<float> C;
-  float value;
-  TINYLORA_HOST_DEVICE void operator()(Index e) const { C(e / C.cols, e % C.cols) = value; }
-};
-
-/// dense(i, j) = float(V(i, j)): a strided 16-bit view widened into a dense float block.
-template <class T>
-struct Widen {
-  ConstMatrixView<T> V;
-  float* dense;
-  TINYLORA_HOST_DEVICE void operator()(Index e) const { dense[e] = static_cast<float>(V(e / V.cols, e % V.cols)); }
-};
-
-/// f(e) for e in [0, n) on the device system.
-template <class F>
-void for_each_index(Index n, F f) {
-  if (n > 0) thrust::for_each_n(thrust::device, thrust::counting_iterator<Index>(0), n, f);
-}
-
-/// The run's one device memory pool. Every Cuda::Buffer takes its memory here: blocks come from the
-/// device system (cudaMalloc) the first time a size is needed and are reused after, so the token
-/// loop and the training steps, which allocate the same activations again and again, make no
-/// cudaMalloc or cudaFree calls (each of which waits for the device) once warm. Bookkeeping lives
-/// in host memory; a mutex guards it. The pool is never destroyed: freed from a static destructor,
-/// its blocks could outlive the CUDA runtime at exit.
-using DevicePool = thrust::mr::disjoint_synchronized_pool_resource<thrust::device_memory_resource, thrust::mr::new_delete_resource>;
-inline DevicePool* device_pool() {
-  static DevicePool* const pool = new DevicePool();  // NOLINT: leaked on purpose (see above)
-  return pool;
-}
-
-/// An allocator of T from device_pool(): thrust::mr::allocator bound to the one pool, default-
-/// constructible so that Buffer<T>(n) needs no allocator argument.
-template <class T>
-class PoolAllocator : public thrust::mr::allocator<T, DevicePool> {
-  using Base = thrust::mr::allocator<T, DevicePool>;
-
- public:
-  template <class U>
-  struct rebind {
-    using other = PoolAllocator<U>;
-  };
-  PoolAllocator() : Base(device_pool()) {}
-  template <class U>
-  TINYLORA_HOST_DEVICE PoolAllocator(PoolAllocator<U> const& other) : Base(other) {}
-};
-
-}  // namespace cuda_detail
 
 struct Cuda {
 #if TINYLORA_CUDA_DEVICE
@@ -151,7 +45,7 @@ struct Cuda {
 
   /// Device storage from the run's pool (cuda_detail::device_pool()).
   template <class T>
-  using Buffer = thrust::device_vector<T, cuda_detail::PoolAllocator<T>>;
+  using Buffer = cuda::Buffer<T>;
 
   /// Whether this process can run the backend: a visible GPU under CUDA; always under OpenMP.
   static bool available() {
@@ -247,6 +141,97 @@ struct Cuda {
   }
 
   static void fill(MatrixView<float> C, float value) { cuda_detail::for_each_index(C.size(), cuda_detail::Fill{C, value}); }
+
+  // ---- the decoder's operations (the second table of backend/concepts.hpp): backend/cuda/kernels*.cuh
+  // and sampling.cuh. The whole batch is one part: every operation covers it at once on one stream.
+  using Matrix = cuda::DeviceMatrix;
+  static Matrix matrix(Index rows, Index cols) { return Matrix(rows, cols); }
+  static Matrix zero_matrix(Index rows, Index cols) { return Matrix(rows, cols); }
+  static HostMatrix to_host(Matrix const& m) {
+    HostMatrix out(m.rows(), m.cols());
+    ConstMatrixView<float> const v = view_of(m);
+    thrust::copy(thrust::device, v.data, v.data + v.size(), out.data());
+    return out;
+  }
+  static void copy(ConstMatrixView<float> src, MatrixView<float> dst) {
+    TINYLORA_CHECK(src.rows == dst.rows && src.cols == dst.cols, "Cuda::copy(): ", src.rows, "x", src.cols, " into ", dst.rows,
+                   "x", dst.cols);
+    if (src.ld == src.cols && dst.ld == dst.cols) {
+      thrust::copy_n(thrust::device, src.data, src.size(), dst.data);
+      return;
+    }
+    fill(dst, 0.0f);
+    add(1.0f, src, dst);
+  }
+  static Index max_parts() { return 1; }
+
+  template <class W>
+  static void embedding(ConstMatrixView<W> table, std::int32_t const* ids, MatrixView<float> out) {
+    cuda::embedding_forward(table, ids, out);
+  }
+  template <class W>
+  static void rmsnorm(ConstMatrixView<float> x, W const* weight, float eps, MatrixView<float> y, float* rstd) {
+    cuda::rmsnorm_forward(x, weight, eps, y, rstd);
+  }
+  template <class W>
+  static void rmsnorm_backward(ConstMatrixView<float> x, W const* weight, float const* rstd, ConstMatrixView<float> dy,
+                               MatrixView<float> dx) {
+    cuda::rmsnorm_backward(x, weight, rstd, dy, dx);
+  }
+  static void rope(MatrixView<float> x, std::int32_t const* positions, int n_heads, Index head_dim, float theta) {
+    cuda::rope_forward(x, positions, n_heads, head_dim, theta);
+  }
+  static void rope_backward(MatrixView<float> dx, std::int32_t const* positions, int n_heads, Index head_dim, float theta) {
+    cuda::rope_backward(dx, positions, n_heads, head_dim, theta);
+  }
+  static void attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v, Index const* offsets,
+                        Index n_seq, int n_heads, int n_kv_heads, Index head_dim, MatrixView<float> out) {
+    cuda::attention_forward(q, k, v, offsets, n_seq, n_heads, n_kv_heads, head_dim, out);
+  }
+  static void attention_backward(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
+                                 Index const* offsets, Index n_seq, int n_heads, int n_kv_heads, Index head_dim,
+                                 ConstMatrixView<float> dout, MatrixView<float> dq, MatrixView<float> dk, MatrixView<float> dv) {
+    cuda::attention_backward(q, k, v, offsets, n_seq, n_heads, n_kv_heads, head_dim, dout, dq, dk, dv);
+  }
+  static void attention_decode(ConstMatrixView<float> q, ConstMatrixView<float> cache_k, ConstMatrixView<float> cache_v,
+                               Index capacity, Index const* lengths, Index const* slots, int n_heads, int n_kv_heads,
+                               Index head_dim, MatrixView<float> out) {
+    cuda::attention_decode(q, cache_k, cache_v, capacity, lengths, slots, n_heads, n_kv_heads, head_dim, out);
+  }
+  static void swiglu(ConstMatrixView<float> gate, ConstMatrixView<float> up, MatrixView<float> out) {
+    cuda::swiglu_forward(gate, up, out);
+  }
+  static void swiglu_backward(ConstMatrixView<float> gate, ConstMatrixView<float> up, ConstMatrixView<float> dout,
+                              MatrixView<float> dgate, MatrixView<float> dup) {
+    cuda::swiglu_backward(gate, up, dout, dgate, dup);
+  }
+  template <class W>
+  static void add_bias(MatrixView<float> y, W const* bias) {
+    cuda::add_bias(y, bias);
+  }
+  static void gather_rows(ConstMatrixView<float> src, Index const* rows, MatrixView<float> dst) {
+    cuda::gather_rows(src, rows, dst);
+  }
+  static void scatter_rows(ConstMatrixView<float> src, Index const* rows, MatrixView<float> dst, bool accumulate = false) {
+    cuda::scatter_rows(src, rows, dst, accumulate);
+  }
+  static void cross_entropy(ConstMatrixView<float> logits, std::int32_t const* targets, double* nll) {
+    cuda::cross_entropy_forward(logits, targets, nll);
+  }
+  static void cross_entropy_backward(ConstMatrixView<float> z, std::int32_t const* targets, float scale, MatrixView<float> dlogits,
+                                     float const* weights = nullptr) {
+    cuda::cross_entropy_backward(z, targets, scale, dlogits, weights);
+  }
+  static void divide(MatrixView<float> x, float by) { cuda::divide(x, by); }
+  /// dh += dlogits E_head (cuBLAS reads a 16-bit E_head widened once on the device).
+  template <class W>
+  static void head_backward(ConstMatrixView<float> dlogits, ConstMatrixView<W> E_head, MatrixView<float> dh) {
+    gemm(Op::N, Op::N, 1.0f, dlogits, E_head, 1.0f, dh);
+  }
+  static void sample_tokens(ConstMatrixView<float> logits, SamplingOptions const& o, std::uint64_t const* sequences,
+                            std::uint64_t step, std::int32_t* token, float* logprob, float* policy_logprob) {
+    cuda::sample_tokens(logits, o, sequences, step, token, logprob, policy_logprob);
+  }
 
  private:
   /// C = beta C.

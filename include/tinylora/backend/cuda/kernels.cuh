@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "tinylora/backend/cuda/cuda.cuh"
+#include "tinylora/backend/cuda/runtime.cuh"
 
 namespace tinylora::backend::cuda {
 

@@ -177,12 +177,12 @@ inline void attention_backward(ConstMatrixView<float> q, ConstMatrixView<float> 
   if (n_seq == 0 || q.rows == 0) return;
   int const group = n_heads / n_kv_heads;
   float const scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  Cuda::Buffer<float> lse(static_cast<std::size_t>(q.rows * n_heads)), delta(lse.size());
+  cuda::Buffer<float> lse(static_cast<std::size_t>(q.rows * n_heads)), delta(lse.size());
   for_each_index(q.rows * n_heads, detail::AttentionBackwardQuery{q, k, v, dout, offsets, n_seq, n_heads, group, head_dim,
-                                                                  scale, dq, Cuda::data(lse), Cuda::data(delta)});
+                                                                  scale, dq, cuda::data(lse), cuda::data(delta)});
   for_each_index(q.rows * n_kv_heads,
                  detail::AttentionBackwardKey{q, k, v, dout, offsets, n_seq, n_heads, n_kv_heads, group, head_dim, scale,
-                                              Cuda::data(lse), Cuda::data(delta), dk, dv});
+                                              cuda::data(lse), cuda::data(delta), dk, dv});
 }
 
 }  // namespace tinylora::backend::cuda

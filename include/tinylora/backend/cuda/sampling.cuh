@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "tinylora/backend/cuda/cuda.cuh"
+#include "tinylora/backend/cuda/runtime.cuh"
 #include "tinylora/core/rng.hpp"
 
 namespace tinylora::backend::cuda {
@@ -114,22 +114,22 @@ void sample_tokens(ConstMatrixView<float> logits, Options const& o, std::uint64_
   Index const n = logits.rows, V = logits.cols;
   TINYLORA_CHECK(n * V < (Index{1} << 31), "cuda::sample_tokens(): ", n, " x ", V, " candidates do not fit 32-bit indices");
   bool const truncate = !o.greedy && ((o.top_k > 0 && o.top_k < V) || o.top_p < 1.0f);
-  Cuda::Buffer<std::int32_t> order;  // (n, V) candidate columns, each row by descending logit
+  cuda::Buffer<std::int32_t> order;  // (n, V) candidate columns, each row by descending logit
   if (truncate) {
-    Cuda::Buffer<std::int32_t> flat(static_cast<std::size_t>(n * V));
-    Cuda::Buffer<float> key(flat.size());
-    Cuda::Buffer<std::int32_t> row(flat.size());
+    cuda::Buffer<std::int32_t> flat(static_cast<std::size_t>(n * V));
+    cuda::Buffer<float> key(flat.size());
+    cuda::Buffer<std::int32_t> row(flat.size());
     thrust::sequence(flat.begin(), flat.end());
     thrust::transform(flat.begin(), flat.end(), key.begin(), detail::RowLogit{logits});
     thrust::stable_sort_by_key(key.begin(), key.end(), flat.begin(), thrust::greater<float>());  // by logit, descending
     thrust::transform(flat.begin(), flat.end(), row.begin(), detail::RowOf{V});
     thrust::stable_sort_by_key(row.begin(), row.end(), flat.begin());  // then by row: each row stays descending
-    order = Cuda::Buffer<std::int32_t>(flat.size());
+    order = cuda::Buffer<std::int32_t>(flat.size());
     thrust::transform(flat.begin(), flat.end(), order.begin(), detail::ColumnOf{V});
   }
   Index const keep_k = o.top_k > 0 && o.top_k < V ? static_cast<Index>(o.top_k) : V;
   cuda_detail::for_each_index(n, detail::SampleRow{logits, T, o.greedy, keep_k, o.top_p, o.seed, sequences, step,
-                                      truncate ? Cuda::data(order) : nullptr, token, logprob, policy_logprob});
+                                      truncate ? cuda::data(order) : nullptr, token, logprob, policy_logprob});
 }
 
 }  // namespace tinylora::backend::cuda
