@@ -49,6 +49,7 @@
 #include "tinylora/config.hpp"
 #include "tinylora/core/error.hpp"
 #include "tinylora/core/sha256.hpp"
+#include "tinylora/io/durable_file.hpp"
 
 namespace tinylora::io {
 
@@ -163,99 +164,6 @@ inline std::optional<std::int64_t> parse_step_folder(std::string const& folder) 
   return step;
 }
 
-inline std::string errno_text(int err) { return std::generic_category().message(err); }
-
-/// An owned POSIX file descriptor.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd const&) = delete;
-  Fd& operator=(Fd const&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  /// Closes now and reports the error (close can report a failed delayed write).
-  int close() {
-    int const r = ::close(fd_);
-    fd_ = -1;
-    return r;
-  }
-
- private:
-  int fd_;
-};
-
-/// Writes bytes to a new file and fsyncs it; throws naming the file on any failure.
-inline void write_file_durably(std::filesystem::path const& path, std::string_view bytes) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) {
-    int const err = errno;
-    fail("CheckpointStore::save(): cannot create '", path.string(), "' (", errno_text(err),
-         "). Hint: check that the checkpoint folder is writable and the disk is not full.");
-  }
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    ::ssize_t const n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int const err = errno;
-      fail("CheckpointStore::save(): writing '", path.string(), "' failed after ", done, " of ", bytes.size(),
-           " bytes (", errno_text(err), "). Hint: check free disk space and quotas.");
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0) {
-    int const err = errno;
-    fail("CheckpointStore::save(): fsync of '", path.string(), "' failed (", errno_text(err),
-         "). Hint: the disk or network file system reported an I/O error; check it and save again.");
-  }
-  if (fd.close() != 0) {
-    int const err = errno;
-    fail("CheckpointStore::save(): closing '", path.string(), "' failed (", errno_text(err),
-         "). Hint: check free disk space and the file system.");
-  }
-}
-
-/// fsyncs a directory, so that the names created, renamed or removed in it are durable.
-inline void fsync_directory(std::filesystem::path const& dir) {
-  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    int const err = errno;
-    fail("CheckpointStore::save(): cannot open folder '", dir.string(), "' to fsync it (", errno_text(err),
-         "). Hint: check the folder's permissions.");
-  }
-  // Some file systems do not support fsync on directories (EINVAL); there it is not needed.
-  if (::fsync(fd.get()) != 0 && errno != EINVAL) {
-    int const err = errno;
-    fail("CheckpointStore::save(): fsync of folder '", dir.string(), "' failed (", errno_text(err),
-         "). Hint: the file system reported an I/O error; check it and save again.");
-  }
-}
-
-/// Atomically swaps two existing paths (Linux renameat2 RENAME_EXCHANGE). False when the kernel
-/// or file system cannot (then the caller falls back to two renames).
-inline bool exchange_paths(std::filesystem::path const& a, std::filesystem::path const& b) {
-#if defined(__linux__) && defined(RENAME_EXCHANGE)
-  if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) == 0) return true;
-  int const err = errno;
-  if (err == EINVAL || err == ENOSYS || err == ENOTSUP) return false;
-  fail("CheckpointStore::save(): exchanging '", a.string(), "' and '", b.string(), "' failed (", errno_text(err),
-       "). Hint: check the folder's permissions.");
-#else
-  (void)a;
-  (void)b;
-  return false;
-#endif
-}
-
-inline void rename_path(std::filesystem::path const& from, std::filesystem::path const& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) {
-    int const err = errno;
-    fail("CheckpointStore::save(): renaming '", from.string(), "' to '", to.string(), "' failed (", errno_text(err),
-         "). Hint: check the folder's permissions; if the target exists and is not a checkpoint, move it away.");
-  }
-}
 
 /// Removes a folder tree without throwing (best effort; leftovers are retried by the next save).
 inline void remove_tree_quietly(std::filesystem::path const& path) {
@@ -438,6 +346,7 @@ class CheckpointStore {
   void save(std::int64_t step, Checkpoint const& c) {
     namespace cp = detail::checkpoint;
     namespace fs = std::filesystem;
+    constexpr char const* kSave = "CheckpointStore::save()";
     TINYLORA_CHECK(step >= 0, "CheckpointStore::save(): step must be >= 0 (got ", step,
                    "). Hint: save the optimizer step count, starting at 0.");
     TINYLORA_CHECK(step <= kMaxStep, "CheckpointStore::save(): step too large (expected <= ", kMaxStep, ", got ",
@@ -462,7 +371,7 @@ class CheckpointStore {
         std::string const file = cp::file_name_for(name);
         TINYLORA_CHECK(files.insert(file).second, "CheckpointStore::save(): two records map to the file '", file,
                        "'. Hint: this is a bug in tinylora; please report the record names.");
-        cp::write_file_durably(tmp / file, record.bytes);
+        write_file(tmp / file, record.bytes, kSave);
         records.push_back({{"name", name},
                            {"file", file},
                            {"dtype", info.dtype},
@@ -475,24 +384,24 @@ class CheckpointStore {
                                        {"format_version", kFormatVersion},
                                        {"step", step},
                                        {"records", std::move(records)}};
-      cp::write_file_durably(tmp / kManifestName, manifest.dump(2) + "\n");
-      cp::fsync_directory(tmp);
+      write_file(tmp / kManifestName, manifest.dump(2) + "\n", kSave);
+      fsync_directory(tmp, kSave);
       if (fs::exists(final_dir, ec)) {
         fs::path const old = dir_ / (".tmp-replaced-" + folder + "-" + pid);
         cp::remove_tree_quietly(old);
-        if (cp::exchange_paths(tmp, final_dir)) {
+        if (exchange_paths(tmp, final_dir, kSave)) {
           // tmp now holds the old checkpoint; the new one is in place.
-          cp::fsync_directory(dir_);
-          cp::rename_path(tmp, old);
+          fsync_directory(dir_, kSave);
+          rename_path(tmp, old, kSave);
         } else {
-          cp::rename_path(final_dir, old);
-          cp::rename_path(tmp, final_dir);
+          rename_path(final_dir, old, kSave);
+          rename_path(tmp, final_dir, kSave);
         }
-        cp::fsync_directory(dir_);
+        fsync_directory(dir_, kSave);
         cp::remove_tree_quietly(old);
       } else {
-        cp::rename_path(tmp, final_dir);
-        cp::fsync_directory(dir_);
+        rename_path(tmp, final_dir, kSave);
+        fsync_directory(dir_, kSave);
       }
     } catch (...) {
       cp::remove_tree_quietly(tmp);
@@ -670,19 +579,19 @@ class CheckpointStore {
       if (fd_.get() < 0) {
         int const err = errno;
         fail("CheckpointStore::save(): cannot open the lock file '", (dir / ".lock").string(), "' (",
-             detail::checkpoint::errno_text(err), "). Hint: check that the checkpoint folder is writable.");
+             errno_text(err), "). Hint: check that the checkpoint folder is writable.");
       }
       while (::flock(fd_.get(), LOCK_EX) != 0) {
         if (errno == EINTR) continue;
         if (errno == ENOLCK || errno == EOPNOTSUPP) break;  // file systems without flock: proceed unlocked
         int const err = errno;
         fail("CheckpointStore::save(): cannot lock '", (dir / ".lock").string(), "' (",
-             detail::checkpoint::errno_text(err), ").");
+             errno_text(err), ").");
       }
     }
 
    private:
-    detail::checkpoint::Fd fd_;
+    Fd fd_;
   };
 
   std::vector<std::string> step_names() const {
@@ -722,7 +631,7 @@ class CheckpointStore {
     }
     for (auto const& p : leftovers) detail::checkpoint::remove_tree_quietly(p);
     try {
-      detail::checkpoint::fsync_directory(dir_);
+      fsync_directory(dir_, "CheckpointStore::save()");
     } catch (Error const&) {
       // The checkpoint itself is already durable; a failed fsync after pruning loses nothing.
     }

@@ -30,6 +30,7 @@
 
 #include "tinylora/config.hpp"
 #include "tinylora/core/error.hpp"
+#include "tinylora/io/durable_file.hpp"
 
 namespace tinylora::io {
 
@@ -159,19 +160,6 @@ inline std::string shape_string(std::vector<hsize_t> const& dims) {
   std::string s = "(";
   for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
   return s + (dims.size() == 1 ? ",)" : ")");
-}
-
-/// fsync() of a file or directory so that a rename after it is durable.
-inline void fsync_path(std::filesystem::path const& p, bool directory, char const* op) {
-  int const fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
-  if (fd < 0) {
-    if (directory) return;  // some file systems refuse to open directories: the rename still happened
-    fail(op, ": cannot open '", p.string(), "' to sync it (", std::strerror(errno), ")");
-  }
-  int const rc = ::fsync(fd);
-  int const err = errno;
-  ::close(fd);
-  if (rc != 0 && !directory) fail(op, ": fsync of '", p.string(), "' failed (", std::strerror(err), ")");
 }
 
 }  // namespace detail::h5
@@ -326,8 +314,7 @@ class ResultFile {
     check_directory(kOp, final_path);
     TINYLORA_CHECK(!final_path.filename().empty(), kOp, ": '", final_path.string(),
                    "' names no file (expected a path like 'out/run.h5')");
-    auto tmp = final_path;
-    tmp += ".tmp-" + std::to_string(::getpid());
+    auto const tmp = temporary_for(final_path);
     ResultFile f(final_path);
     auto state = std::make_unique<State>();
     state->write_path = tmp;
@@ -753,16 +740,11 @@ class ResultFile {
       state_->file.close();
     });
     std::unique_ptr<State> state = std::move(state_);
-    detail::h5::fsync_path(state->write_path, false, kOp);
     if (state->temporary) {
-      std::error_code ec;
-      std::filesystem::rename(state->write_path, path_, ec);
-      if (ec)
-        fail(kOp, ": cannot rename '", state->write_path.string(), "' to '", path_.string(), "' (", ec.message(),
-             "). Hint: is the target a directory, or on another file system?");
+      publish(state->write_path, path_, kOp);  // fsync, rename over path(), fsync the folder
       state->temporary = false;
-      auto const dir = path_.parent_path().empty() ? std::filesystem::path(".") : path_.parent_path();
-      detail::h5::fsync_path(dir, true, kOp);
+    } else {
+      fsync_file(state->write_path, kOp);
     }
   }
 
