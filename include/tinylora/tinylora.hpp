@@ -8,6 +8,7 @@
 #include "tinylora/core/module.hpp"
 #include "tinylora/core/rng.hpp"
 #include "tinylora/core/type_list.hpp"
+#include "tinylora/model/shapes.hpp"
 #include "tinylora/linalg/svd.hpp"
 #include "tinylora/optim/optimizers.hpp"
 #include "tinylora/optim/schedule.hpp"

@@ -1,4 +1,4 @@
-// PEFT adapter folders (io/peft_adapter.hpp): import PEFT's own saved TinyLoRA adapters and match
+// PEFT adapter folders (interop/peft_adapter.hpp): import PEFT's own saved TinyLoRA adapters and match
 // PEFT's logits; export -> import gives back the same theta, factors, projections, groups and
 // logits; PEFT loads tinylora's export and reproduces its logits (fixture written by PEFT from the
 // committed export, tests/reference/make_fixtures.py --only export); bad folders fail clearly.
@@ -17,7 +17,8 @@
 #include "../support.hpp"
 #include "tinylora/adapters/adapters.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
-#include "tinylora/io/peft_adapter.hpp"
+#include "tinylora/interop/peft_adapter.hpp"
+#include "tinylora/io/safetensors_writer.hpp"
 #include "tinylora/io/safetensors.hpp"
 #include "tinylora/model/adapted.hpp"
 #include "tinylora/precision/policies.hpp"
@@ -42,11 +43,11 @@ std::vector<float> read_vector(io::SafetensorsFile const& f, std::string const& 
 
 template <class Adapted>
 HostMatrix factor_L(Adapted const& a, Index i) {
-  return io::detail::download_matrix<Cpu>(a.adapter_set().module(i).core().L());
+  return interop::detail::download_matrix<Cpu>(a.adapter_set().module(i).core().L());
 }
 template <class Adapted>
 HostMatrix factor_R(Adapted const& a, Index i) {
-  return io::detail::download_matrix<Cpu>(a.adapter_set().module(i).core().R());
+  return interop::detail::download_matrix<Cpu>(a.adapter_set().module(i).core().R());
 }
 
 /// Every module's factors, projections and group, and theta, are identical.
@@ -128,38 +129,6 @@ std::unique_ptr<ExportAdapted> export_recipe(Model& net) {
 }
 }  // namespace
 
-TEST_CASE("SafetensorsWriter: F32, F16 and BF16 tensors and metadata read back through SafetensorsFile") {
-  auto const dir = test::scratch_dir("peft_adapter_writer");
-  auto const seed = test::seed(11);
-  auto const x = test::normal_vector(24, seed, 0, 3.0f);
-  io::SafetensorsWriter w;
-  w.add("z.f32", {2, 3, 4}, x);
-  w.add("a.f16", {24}, x, io::SafetensorsDtype::kF16);
-  w.add("m.bf16", {4, 6}, x, io::SafetensorsDtype::kBF16);
-  w.add("empty", {0}, std::span<float const>{});
-  w.add_metadata("format", "pt");
-  w.write(dir / "t.safetensors");
-  auto const f = io::SafetensorsFile::open(dir / "t.safetensors");
-  CHECK(f.tensors().size() == 4);
-  CHECK(f.metadata().at("format") == "pt");
-  CHECK(f.tensor("z.f32").shape == std::vector<std::int64_t>{2, 3, 4});
-  CHECK(f.tensor("m.bf16").dtype == io::SafetensorsDtype::kBF16);
-  CHECK(f.read<float>("z.f32") == x);
-  auto const h = f.read<float>("a.f16");
-  auto const b = f.read<float>("m.bf16");
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    CHECK(h[i] == float(fp16(x[i])));
-    CHECK(b[i] == float(bf16(x[i])));
-  }
-  // The header length is a multiple of 8 (the data section stays 8-byte aligned).
-  std::ifstream in(dir / "t.safetensors", std::ios::binary);
-  std::uint64_t n = 0;
-  in.read(reinterpret_cast<char*>(&n), 8);
-  CHECK(n % 8 == 0);
-  CHECK_THROWS_WITH_AS(w.add("z.f32", {1}, std::vector<float>{1.0f}), doctest::Contains("added twice"), Error);
-  CHECK_THROWS_WITH_AS(w.add("bad", {2, 2}, std::vector<float>{1.0f}), doctest::Contains("needs 4 values (got 1)"), Error);
-}
-
 TEST_CASE("import PEFT's saved TinyLoRA adapters: logits and loss match PEFT's (tiny Llama and Qwen2)") {
   struct Case {
     char const* model;
@@ -173,7 +142,7 @@ TEST_CASE("import PEFT's saved TinyLoRA adapters: logits and loss match PEFT's (
     std::string const model_name = c.model, case_name = c.name;
     INFO("model " << model_name << ", case " << case_name);
     auto net = Model::load_hf(fixtures() / c.model);
-    auto const adapted = io::import_peft_adapter(fixtures() / c.model / (std::string("peft_tinylora_") + c.name), net);
+    auto const adapted = interop::import_peft_adapter(fixtures() / c.model / (std::string("peft_tinylora_") + c.name), net);
     auto const f = io::SafetensorsFile::open(fixtures() / (std::string("model_") + c.model + "_tinylora_" + c.name + ".safetensors"));
     CHECK(adapted->adapter_set().adapter().u == c.u);
     CHECK(adapted->adapter_set().n_modules() == 14);
@@ -201,7 +170,7 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     a.set_theta(test::normal_vector(static_cast<std::size_t>(a.count()), seed, 2, 0.5f));
     HostMatrix const want = net.logits(batch);
     auto const dir = test::scratch_dir("peft_export_ratio");
-    auto const cfg = io::export_peft_adapter(dir, a, {.base_model_name_or_path = "tests/reference/fixtures/tiny_llama"});
+    auto const cfg = interop::export_peft_adapter(dir, a, {.base_model_name_or_path = "tests/reference/fixtures/tiny_llama"});
     CHECK(cfg.weight_tying == 0.6);
     CHECK(cfg.target_modules == std::vector<std::string>{"down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"});
     CHECK(cfg.layers_to_transform.empty());
@@ -211,7 +180,7 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     CHECK(j.at("save_projection") == true);
     CHECK(j.at("base_model_name_or_path") == "tests/reference/fixtures/tiny_llama");
     Model net2 = Model::load_hf(fixtures() / "tiny_llama");
-    auto const b = io::import_peft_adapter(dir, net2);
+    auto const b = interop::import_peft_adapter(dir, net2);
     check_same_adapter(a, *b);
     CHECK(max_abs_difference(net2.logits(batch), want) == 0.0);
   }
@@ -226,12 +195,12 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     a.set_theta(test::normal_vector(static_cast<std::size_t>(a.count()), seed, 3, 0.5f));
     HostMatrix const want = net.logits(batch);
     auto const dir = test::scratch_dir("peft_export_layers");
-    auto const cfg = io::export_peft_adapter(dir, a);
+    auto const cfg = interop::export_peft_adapter(dir, a);
     CHECK(cfg.layers_to_transform == std::vector<int>{1});
     CHECK(cfg.target_modules == std::vector<std::string>{"down_proj", "q_proj", "v_proj"});
     CHECK(tying::PeftRatio{cfg.weight_tying}.n_groups(3) == 1);
     Model net2 = Model::load_hf(fixtures() / "tiny_llama");
-    auto const b = io::import_peft_adapter(dir, net2);  // Peft convention, same factors: same function
+    auto const b = interop::import_peft_adapter(dir, net2);  // Peft convention, same factors: same function
     check_same_adapter(a, *b);
     CHECK(max_abs_difference(net2.logits(batch), want) == 0.0);
   }
@@ -245,12 +214,12 @@ TEST_CASE("export -> import round trip: same theta, factors, projections, groups
     a.set_theta(test::normal_vector(static_cast<std::size_t>(a.count()), seed, 4, 0.5f));
     HostMatrix const want = net.logits(batch);
     auto const dir = test::scratch_dir("peft_export_regex");
-    auto const cfg = io::export_peft_adapter(dir, a);
+    auto const cfg = interop::export_peft_adapter(dir, a);
     REQUIRE(cfg.target_regex.has_value());
     CHECK(*cfg.target_regex == R"(model\.layers\.0\.self_attn\.q_proj|model\.layers\.1\.mlp\.up_proj)");
     CHECK(cfg.weight_tying == 0.0);
     Model net2 = Model::load_hf(fixtures() / "tiny_llama");
-    auto const b = io::import_peft_adapter(dir, net2);
+    auto const b = interop::import_peft_adapter(dir, net2);
     check_same_adapter(a, *b);
     CHECK(max_abs_difference(net2.logits(batch), want) == 0.0);
   }
@@ -262,7 +231,7 @@ TEST_CASE("export refuses what PEFT cannot express: a tiling PEFT's weight_tying
   {
     // 14 modules in tiles of 4: 4 + 4 + 4 + 2; PEFT with 4 groups ties 3 + 3 + 3 + 5.
     model::AdaptedModel<Recipe<PeftKind, tying::Tiling, Fp32, optim::AdamW, Cpu>> a(net, PeftKind{}, tying::Tiling{4});
-    CHECK_THROWS_WITH_AS(io::export_peft_adapter(dir, a),
+    CHECK_THROWS_WITH_AS(interop::export_peft_adapter(dir, a),
                          doctest::Contains("tie groups of strategy 'tiling' (n_tie=4, 4 groups over 14 modules) cannot be "
                                            "written as PEFT's weight_tying"),
                          Error);
@@ -270,14 +239,14 @@ TEST_CASE("export refuses what PEFT cannot express: a tiling PEFT's weight_tying
   {
     // Tiles of 7 are PEFT's 2 groups: exported with weight_tying = 1 - 2/14.
     model::AdaptedModel<Recipe<PeftKind, tying::Tiling, Fp32, optim::AdamW, Cpu>> a(net, PeftKind{}, tying::Tiling{7});
-    auto const cfg = io::export_peft_adapter(dir, a);
+    auto const cfg = interop::export_peft_adapter(dir, a);
     CHECK(cfg.weight_tying == doctest::Approx(1.0 - 2.0 / 14.0));
   }
   {
     adapters::TinyLora<adapters::Reference> kind;  // scale alpha / u = 1/2
     kind.u = 2;
     model::AdaptedModel<Recipe<adapters::TinyLora<adapters::Reference>, tying::All, Fp32, optim::AdamW, Cpu>> a(net, kind, tying::All{});
-    CHECK_THROWS_WITH_AS(io::export_peft_adapter(dir, a), doctest::Contains("the adapter's scale is 0.5 (expected 1"), Error);
+    CHECK_THROWS_WITH_AS(interop::export_peft_adapter(dir, a), doctest::Contains("the adapter's scale is 0.5 (expected 1"), Error);
   }
 }
 
@@ -285,15 +254,15 @@ TEST_CASE("PEFT loads tinylora's exported adapter and reproduces tinylora's logi
   auto net = Model::load_hf(fixtures() / "tiny_llama");
   auto const adapted = export_recipe(net);
   auto const committed = fixtures() / "exported_peft_adapter";
-  io::PeftExportInfo const info{.base_model_name_or_path = "tests/reference/fixtures/tiny_llama"};
+  interop::PeftExportInfo const info{.base_model_name_or_path = "tests/reference/fixtures/tiny_llama"};
   if (char const* env = std::getenv("TINYLORA_WRITE_EXPORT_FIXTURE"); env != nullptr && std::string(env) == "1") {
-    io::export_peft_adapter(committed, *adapted, info);
+    interop::export_peft_adapter(committed, *adapted, info);
     MESSAGE("wrote " << committed.string() << "; now run: python3 tests/reference/make_fixtures.py --only export");
     return;
   }
   // The committed folder is what this recipe exports today (up to SVD rounding).
   auto const fresh = test::scratch_dir("peft_export_fresh");
-  auto const cfg = io::export_peft_adapter(fresh, *adapted, info);
+  auto const cfg = interop::export_peft_adapter(fresh, *adapted, info);
   CHECK(cfg.weight_tying == doctest::Approx(0.8));
   {
     INFO("if this fails, the recipe or export_peft_adapter's config changed: regenerate the fixture (top of this file)");
@@ -321,7 +290,7 @@ TEST_CASE("PEFT loads tinylora's exported adapter and reproduces tinylora's logi
   CHECK(net.loss(batch, supervised).mean() == doctest::Approx(f.read<float>("loss")[0]).epsilon(1e-4));
   // And the committed folder imported back into tinylora.
   Model net2 = Model::load_hf(fixtures() / "tiny_llama");
-  auto const imported = io::import_peft_adapter(committed, net2);
+  auto const imported = interop::import_peft_adapter(committed, net2);
   CHECK(imported->adapter_set().n_groups() == 2);
   double const worst_imported = test::worst_relative_logit_difference(net2.logits(batch), want, where);
   MESSAGE("tinylora (imported export) vs PEFT: worst logit difference " << worst_imported);
@@ -335,7 +304,7 @@ TEST_CASE("malformed adapter folders fail with clear messages") {
   auto const source = fixtures() / "tiny_llama/peft_tinylora_u2_wt1p0";  // u = 2, one group
   auto const dir = test::scratch_dir("peft_import_bad");
   auto net = Model::load_hf(fixtures() / "tiny_llama");
-  auto const import = [&] { return io::import_peft_adapter(dir, net); };
+  auto const import = [&] { return interop::import_peft_adapter(dir, net); };
   auto const config = read_json(source / "adapter_config.json");
   auto const with_config = [&](auto change) {
     copy_folder(source, dir);

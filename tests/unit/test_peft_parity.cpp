@@ -2,7 +2,7 @@
 // loaded into each module and PEFT's v, tinylora reproduces PEFT's logits and masked loss (1e-4) and
 // the gradient of every v group (1e-3) on the tiny Llama and Qwen2 models, for several u and
 // weight_tying values, and on SmolLM2-135M-Instruct (when the real model is present) through
-// io::import_peft_adapter of PEFT's saved folders: 13 tied groups of u = 1 over all 210 projections,
+// interop::import_peft_adapter of PEFT's saved folders: 13 tied groups of u = 1 over all 210 projections,
 // and u = 4 with weight_tying 0.5 on q_proj/v_proj. Fixtures: tests/reference/make_fixtures.py
 // (peft 0.21.2, TinyLoraConfig r = 2).
 #include <doctest/doctest.h>
@@ -15,7 +15,8 @@
 #include "../support.hpp"
 #include "tinylora/adapters/adapters.hpp"
 #include "tinylora/backend/cpu/cpu.hpp"
-#include "tinylora/io/peft_adapter.hpp"
+#include "tinylora/interop/peft_adapter.hpp"
+#include "tinylora/io/safetensors_writer.hpp"
 #include "tinylora/io/safetensors.hpp"
 #include "tinylora/model/adapted.hpp"
 #include "tinylora/optim/optimizers.hpp"
@@ -80,7 +81,7 @@ void check_case(std::string const& model_name, std::string const& case_name, Ind
 void check_smollm2_case(Model& net, std::string const& case_name, Index n_groups) {
   INFO("SmolLM2 case " << case_name);
   auto const dir = test::source_dir() / "tests/reference/fixtures";
-  auto const adapted = io::import_peft_adapter(dir / "smollm2" / ("peft_tinylora_" + case_name), net);
+  auto const adapted = interop::import_peft_adapter(dir / "smollm2" / ("peft_tinylora_" + case_name), net);
   auto const f = io::SafetensorsFile::open(dir / ("model_smollm2_tinylora_" + case_name + ".safetensors"));
   auto const& set = adapted->adapter_set();
   REQUIRE(set.n_groups() == n_groups);

@@ -1,4 +1,4 @@
-// Tests of io/safetensors.hpp and io/hf_model.hpp: the committed tiny HF model folders written by
+// Tests of io/safetensors.hpp, io/safetensors_writer.hpp and io/hf_model.hpp: the committed tiny HF model folders written by
 // tests/reference/make_fixtures.py (shapes against config.json, values against sums recorded by
 // numpy in the sidecar), dtype conversion on hand-built files, sharded folders, and malformed
 // files and configs, which must give a tinylora::Error with a clear message, never a crash.
@@ -21,6 +21,7 @@
 #include "tinylora/core/rng.hpp"
 #include "tinylora/io/hf_model.hpp"
 #include "tinylora/io/safetensors.hpp"
+#include "tinylora/io/safetensors_writer.hpp"
 #include "tinylora/precision/types.hpp"
 
 namespace fs = std::filesystem;
@@ -795,4 +796,38 @@ TEST_CASE("HfDecoderConfig: missing fields and wrong types name the field") {
   j["hidden_act"] = "gelu";
   check_contains(config_error(j), {"'hidden_act'", "\"gelu\""});
   check_contains(config_error(json::array({1})), {"not a JSON object"});
+}
+
+TEST_CASE("SafetensorsWriter: F32, F16 and BF16 tensors and metadata read back through SafetensorsFile") {
+  auto const dir = tinylora::test::scratch_dir("safetensors_writer");
+  auto const seed = tinylora::test::seed(11);
+  auto const x = tinylora::test::normal_vector(24, seed, 0, 3.0f);
+  tinylora::io::SafetensorsWriter w;
+  w.add("z.f32", {2, 3, 4}, x);
+  w.add("a.f16", {24}, x, tinylora::io::SafetensorsDtype::kF16);
+  w.add("m.bf16", {4, 6}, x, tinylora::io::SafetensorsDtype::kBF16);
+  w.add("empty", {0}, std::span<float const>{});
+  w.add_metadata("format", "pt");
+  w.write(dir / "t.safetensors");
+  auto const f = tinylora::io::SafetensorsFile::open(dir / "t.safetensors");
+  CHECK(f.tensors().size() == 4);
+  CHECK(f.metadata().at("format") == "pt");
+  CHECK(f.tensor("z.f32").shape == std::vector<std::int64_t>{2, 3, 4});
+  CHECK(f.tensor("m.bf16").dtype == tinylora::io::SafetensorsDtype::kBF16);
+  CHECK(f.read<float>("z.f32") == x);
+  auto const h = f.read<float>("a.f16");
+  auto const b = f.read<float>("m.bf16");
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    CHECK(h[i] == float(fp16(x[i])));
+    CHECK(b[i] == float(bf16(x[i])));
+  }
+  // The header length is a multiple of 8 (the data section stays 8-byte aligned); the write went
+  // through a temporary that is gone.
+  CHECK(!fs::exists(tinylora::io::temporary_for(dir / "t.safetensors")));
+  std::ifstream in(dir / "t.safetensors", std::ios::binary);
+  std::uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  CHECK(n % 8 == 0);
+  CHECK_THROWS_WITH_AS(w.add("z.f32", {1}, std::vector<float>{1.0f}), doctest::Contains("added twice"), tinylora::Error);
+  CHECK_THROWS_WITH_AS(w.add("bad", {2, 2}, std::vector<float>{1.0f}), doctest::Contains("needs 4 values (got 1)"), tinylora::Error);
 }

@@ -10,6 +10,7 @@
 #include "tinylora/core/type_list.hpp"
 #include "tinylora/precision/policies.hpp"
 #include "tinylora/adapters/plan.hpp"
+#include "tinylora/model/shapes.hpp"
 
 using namespace tinylora;
 using namespace tinylora::tying;

@@ -15,6 +15,7 @@
 #include "tinylora/adapters/adapter_set.hpp"
 #include "tinylora/adapters/plan.hpp"
 #include "tinylora/model/decoder.hpp"
+#include "tinylora/model/shapes.hpp"
 #include "tinylora/recipe.hpp"
 
 namespace tinylora::model {

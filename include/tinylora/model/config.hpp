@@ -10,6 +10,7 @@
 #include "tinylora/core/module.hpp"
 #include "tinylora/core/tensor.hpp"
 #include "tinylora/io/gguf.hpp"
+#include "tinylora/model/shapes.hpp"
 
 namespace tinylora::model {
 
