@@ -1,7 +1,8 @@
 // tinylora/text/tokenizer.hpp: a byte-level BPE tokenizer that gives the same ids as Hugging Face
 // tokenizers for GPT-2, SmolLM2, Llama-3 and Qwen2 style models. Pipeline of encode():
 // added/special tokens (leftmost-longest) -> normalizer (none or NFC) -> pre-tokenizer -> BPE.
-// Built from plain vectors (e.g. GGUF metadata) or from a tokenizer.json file.
+// Built from a TokenizerSpec (text/tokenizer_spec.hpp): plain vectors, GGUF metadata, or a
+// tokenizer.json file (read by text/tokenizer_json.hpp).
 #pragma once
 
 #include <algorithm>
@@ -9,84 +10,25 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <span>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "tinylora/core/error.hpp"
 #include "tinylora/text/bpe.hpp"
 #include "tinylora/text/normalize.hpp"
 #include "tinylora/text/pretokenize.hpp"
+#include "tinylora/text/tokenizer_json.hpp"
+#include "tinylora/text/tokenizer_spec.hpp"
 #include "tinylora/text/unicode.hpp"
 
 namespace tinylora::text {
-
-/// A token matched in raw text before pre-tokenization (chat markers, <|endoftext|>, ...).
-struct AddedToken {
-  std::string content;
-  std::int32_t id = -1;
-  bool special = true;      // skipped by decode(ids, skip_special = true)
-  bool normalized = false;  // matched in the normalized text rather than the raw text
-};
-
-enum class Normalizer : std::uint8_t { kNone, kNfc };
-
-/// Ids of the model's special tokens; -1 where the model has none.
-struct SpecialTokenIds {
-  std::int32_t bos = -1;
-  std::int32_t eos = -1;
-  std::int32_t pad = -1;
-  std::int32_t unk = -1;
-};
-
-/// Choices that tokenizer.json spells out and GGUF metadata implies.
-struct TokenizerOptions {
-  Normalizer normalizer = Normalizer::kNone;
-  bool ignore_merges = false;  // a pre-token that is itself in the vocabulary is kept whole (Llama-3)
-  bool add_bos = false;        // encode(text, add_special = true) prepends bos
-  bool add_eos = false;        // ... and appends eos
-  // A byte without a token of its own (SmolLM2 lacks 21 of them, e.g. 0x04 and 0xF1..0xFF) becomes
-  // the "<0xXX>" tokens when byte_fallback and they exist, else the unknown token (runs fused into
-  // one when fuse_unk), else nothing; transformers converts GGUF files with both set.
-  bool byte_fallback = true;
-  bool fuse_unk = true;
-};
-
-/// GGUF tokenizer.ggml.token_type values.
-enum class GgufTokenType : std::int32_t {
-  kNormal = 1,
-  kUnknown = 2,
-  kControl = 3,
-  kUserDefined = 4,
-  kUnused = 5,
-  kByte = 6,
-};
-
-/// The tokenizer.* keys of a GGUF file, as plain values (the GGUF reader fills this in).
-struct GgufTokenizerMetadata {
-  std::string model;                      // tokenizer.ggml.model: must be "gpt2" (byte-level BPE)
-  std::string pre;                        // tokenizer.ggml.pre: "smollm", "llama-bpe", "qwen2", "gpt2", ...
-  std::vector<std::string> tokens;        // tokenizer.ggml.tokens
-  std::vector<std::string> merges;        // tokenizer.ggml.merges ("left right")
-  std::vector<std::int32_t> token_types;  // tokenizer.ggml.token_type (may be empty)
-  std::int32_t bos_id = -1;               // tokenizer.ggml.bos_token_id
-  std::int32_t eos_id = -1;               // tokenizer.ggml.eos_token_id
-  std::int32_t pad_id = -1;               // tokenizer.ggml.padding_token_id
-  std::int32_t unk_id = -1;               // tokenizer.ggml.unknown_token_id
-  bool add_bos = false;                   // tokenizer.ggml.add_bos_token
-  bool add_eos = false;                   // tokenizer.ggml.add_eos_token
-  std::string chat_template;              // tokenizer.chat_template
-};
 
 namespace detail {
 using StringIdMap = std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>>;
@@ -106,18 +48,30 @@ class Tokenizer {
     constexpr char const* kWhere = "Tokenizer::from_vocab()";
     TINYLORA_CHECK(token_types.empty() || token_types.size() == tokens.size(), kWhere, ": token_types has ",
                    token_types.size(), " entries (expected 0 or one per token, ", tokens.size(), ")");
-    std::vector<std::pair<std::string, std::string>> pairs;
-    pairs.reserve(merges.size());
-    for (std::size_t r = 0; r < merges.size(); ++r) pairs.push_back(split_merge(merges[r], r, kWhere));
-    std::vector<AddedToken> added;
+    TokenizerSpec spec;
+    spec.merges.reserve(merges.size());
+    for (std::size_t r = 0; r < merges.size(); ++r) spec.merges.push_back(split_merge(merges[r], r, kWhere));
     for (std::size_t i = 0; i < token_types.size(); ++i) {
       auto const type = static_cast<GgufTokenType>(token_types[i]);
       if (type == GgufTokenType::kControl || type == GgufTokenType::kUserDefined) {
-        added.push_back({tokens[i], static_cast<std::int32_t>(i), type == GgufTokenType::kControl, false});
+        spec.added.push_back({tokens[i], static_cast<std::int32_t>(i), type == GgufTokenType::kControl, false});
       }
     }
+    spec.tokens = std::move(tokens);
+    spec.special_ids = special_ids;
+    spec.pre_tokenizer = pre_tokenizer;
+    spec.options = options;
+    return from_spec(std::move(spec), kWhere);
+  }
+
+  /// Builds every table from a tokenizer's description; `where` names the caller in errors.
+  static Tokenizer from_spec(TokenizerSpec spec, char const* where = "Tokenizer::from_spec()") {
     Tokenizer t;
-    t.build(std::move(tokens), pairs, std::move(added), special_ids, pre_tokenizer, options, kWhere);
+    t.build(std::move(spec.tokens), spec.merges, std::move(spec.added), spec.special_ids, spec.pre_tokenizer,
+            spec.options, where);
+    t.prefix_ids_.insert(t.prefix_ids_.end(), spec.template_prefix.begin(), spec.template_prefix.end());
+    t.suffix_ids_.insert(t.suffix_ids_.end(), spec.template_suffix.begin(), spec.template_suffix.end());
+    t.chat_template_ = std::move(spec.chat_template);
     return t;
   }
 
@@ -143,36 +97,12 @@ class Tokenizer {
   /// Reads a Hugging Face tokenizer.json. When a tokenizer_config.json sits beside it, its
   /// bos/eos/pad/unk tokens and chat_template are read too (or chat_template.jinja's).
   static Tokenizer from_tokenizer_json(std::filesystem::path const& path) {
-    std::ifstream in(path, std::ios::binary);
-    TINYLORA_CHECK(in, "Tokenizer::from_tokenizer_json(): cannot open '", path.string(),
-                   "'. Hint: pass the tokenizer.json of a Hugging Face model directory.");
-    std::ostringstream buffer;
-    buffer << in.rdbuf();
-    Tokenizer t = from_tokenizer_json_text(buffer.str(), path.string());
-    auto const config = path.parent_path() / "tokenizer_config.json";
-    if (std::filesystem::exists(config)) t.read_tokenizer_config(config);
-    auto const jinja = path.parent_path() / "chat_template.jinja";  // where newer transformers save it
-    if (t.chat_template_.empty() && std::filesystem::exists(jinja)) {
-      std::ifstream template_in(jinja, std::ios::binary);
-      std::ostringstream text;
-      text << template_in.rdbuf();
-      t.chat_template_ = text.str();
-    }
-    return t;
+    return from_spec(read_tokenizer_json(path), detail::tokenizer_json::kWhere);
   }
 
   /// Parses the text of a tokenizer.json; origin names it in error messages.
   static Tokenizer from_tokenizer_json_text(std::string_view text, std::string const& origin = "<string>") {
-    nlohmann::json spec;
-    try {
-      spec = nlohmann::json::parse(text.begin(), text.end());
-    } catch (nlohmann::json::parse_error const& e) {
-      fail("Tokenizer::from_tokenizer_json(): '", origin, "' is not valid JSON (", e.what(),
-           "). Hint: the file may be truncated or not a tokenizer.json.");
-    }
-    Tokenizer t;
-    t.parse_spec(spec, origin);
-    return t;
+    return from_spec(parse_tokenizer_json_text(text, origin), detail::tokenizer_json::kWhere);
   }
 
   // ---- encoding -----------------------------------------------------------------------------
@@ -330,15 +260,6 @@ class Tokenizer {
   void check_id(std::int32_t id, char const* where) const {
     TINYLORA_CHECK(id >= 0 && id < vocab_size(), where, ": token id ", id, " is out of range (expected 0 <= id < ",
                    vocab_size(), "). Hint: were these ids made by another model's tokenizer?");
-  }
-
-  static std::pair<std::string, std::string> split_merge(std::string const& merge, std::size_t rank,
-                                                         char const* where) {
-    auto const space = merge.find(' ');
-    TINYLORA_CHECK(space != std::string::npos && space != 0 && space + 1 < merge.size() &&
-                       merge.find(' ', space + 1) == std::string::npos,
-                   where, ": merge ", rank, " is '", merge, "' (expected two tokens separated by one space)");
-    return {merge.substr(0, space), merge.substr(space + 1)};
   }
 
   /// Builds every table; tokens are dense (id = index), added tokens must be among them.
@@ -510,298 +431,6 @@ class Tokenizer {
   }
 
   // ---- tokenizer.json -----------------------------------------------------------------------
-
-  [[noreturn]] static void fail_spec(std::string const& origin, std::string const& what) {
-    fail("Tokenizer::from_tokenizer_json(): ", origin, ": ", what);
-  }
-
-  static std::string dump_short(nlohmann::json const& j) {
-    std::string s = j.dump();
-    if (s.size() > 300) s = s.substr(0, 300) + "...";
-    return s;
-  }
-
-  static bool json_bool(nlohmann::json const& obj, char const* key, bool fallback) {
-    auto const it = obj.find(key);
-    if (it == obj.end() || it->is_null()) return fallback;
-    return it->is_boolean() ? it->get<bool>() : fallback;
-  }
-
-  /// PreTokenizer of a tokenizer.json "pre_tokenizer" value, or an error naming what is unknown.
-  static PreTokenizer parse_pre_tokenizer(nlohmann::json const& pre, std::string const& origin) {
-    auto const unsupported = [&](std::string const& why) -> PreTokenizer {
-      fail_spec(origin, "unsupported pre_tokenizer " + dump_short(pre) + " (" + why +
-                            "). Hint: supported are ByteLevel(use_regex) = GPT-2, Sequence[Digits(individual_digits), "
-                            "ByteLevel(use_regex)] = SmolLM2, and Sequence[Split(Llama-3 or Qwen2 pattern), "
-                            "ByteLevel(use_regex = false)].");
-    };
-    if (!pre.is_object()) return unsupported("expected an object");
-    auto const is_byte_level = [&](nlohmann::json const& p, bool use_regex) {
-      return p.is_object() && p.value("type", "") == "ByteLevel" && !json_bool(p, "add_prefix_space", false) &&
-             json_bool(p, "use_regex", true) == use_regex;
-    };
-    std::string const type = pre.value("type", "");
-    if (type == "ByteLevel") {
-      if (json_bool(pre, "add_prefix_space", false)) return unsupported("add_prefix_space = true");
-      if (!json_bool(pre, "use_regex", true)) return unsupported("ByteLevel without a split pattern");
-      return PreTokenizer::kGpt2;
-    }
-    if (type != "Sequence") return unsupported("unknown type '" + type + "'");
-    auto const it = pre.find("pretokenizers");
-    if (it == pre.end() || !it->is_array() || it->size() != 2) return unsupported("expected a Sequence of two");
-    nlohmann::json const& first = (*it)[0];
-    nlohmann::json const& second = (*it)[1];
-    if (first.is_object() && first.value("type", "") == "Digits") {
-      if (!json_bool(first, "individual_digits", false)) return unsupported("Digits without individual_digits");
-      if (!is_byte_level(second, true)) return unsupported("Digits must be followed by ByteLevel(use_regex = true)");
-      return PreTokenizer::kDigitsGpt2;
-    }
-    if (first.is_object() && first.value("type", "") == "Split") {
-      if (!is_byte_level(second, false)) return unsupported("Split must be followed by ByteLevel(use_regex = false)");
-      if (first.value("behavior", "") != "Isolated" || json_bool(first, "invert", false)) {
-        return unsupported("Split must be Isolated and not inverted");
-      }
-      auto const pattern = first.find("pattern");
-      if (pattern == first.end() || !pattern->is_object() || !pattern->contains("Regex") ||
-          !(*pattern)["Regex"].is_string()) {
-        return unsupported("Split needs a Regex pattern");
-      }
-      std::string const regex = (*pattern)["Regex"].get<std::string>();
-      if (regex == kLlama3Pattern) return PreTokenizer::kLlama3;
-      if (regex == kQwen2Pattern) return PreTokenizer::kQwen2;
-      if (regex == kGpt2Pattern) return PreTokenizer::kGpt2;
-      return unsupported("unknown Split pattern");
-    }
-    return unsupported("unknown Sequence");
-  }
-
-  static Normalizer parse_normalizer(nlohmann::json const& norm, std::string const& origin) {
-    if (norm.is_null()) return Normalizer::kNone;
-    std::string const type = norm.is_object() ? norm.value("type", "") : "";
-    if (type == "NFC") return Normalizer::kNfc;
-    if (type == "Sequence" && norm.contains("normalizers") && norm["normalizers"].is_array()) {
-      auto const& list = norm["normalizers"];
-      if (list.empty()) return Normalizer::kNone;
-      if (list.size() == 1) return parse_normalizer(list[0], origin);
-    }
-    fail_spec(origin, "unsupported normalizer " + dump_short(norm) + ". Hint: supported are none and NFC.");
-  }
-
-  static void check_decoder(nlohmann::json const& dec, std::string const& origin) {
-    if (dec.is_null()) return;
-    auto const ok_single = [](nlohmann::json const& d) {
-      std::string const type = d.is_object() ? d.value("type", "") : "";
-      return type == "ByteLevel" || type == "ByteFallback" || type == "Fuse" || type == "Replace";
-    };
-    std::string const type = dec.is_object() ? dec.value("type", "") : "";
-    if (type == "ByteLevel") return;
-    if (type == "Sequence" && dec.contains("decoders") && dec["decoders"].is_array()) {
-      bool has_byte_level = false;
-      bool all_ok = true;
-      for (auto const& d : dec["decoders"]) {
-        all_ok = all_ok && ok_single(d);
-        has_byte_level = has_byte_level || (d.is_object() && d.value("type", "") == "ByteLevel");
-      }
-      if (all_ok && has_byte_level) return;
-    }
-    fail_spec(origin,
-              "unsupported decoder " + dump_short(dec) + ". Hint: only byte-level (ByteLevel) decoding is supported.");
-  }
-
-  void parse_spec(nlohmann::json const& spec, std::string const& origin) {
-    if (!spec.is_object()) fail_spec(origin, "expected a JSON object at the top level");
-    auto const model_it = spec.find("model");
-    if (model_it == spec.end() || !model_it->is_object()) {
-      fail_spec(origin, "no \"model\" object. Hint: is this a Hugging Face tokenizer.json?");
-    }
-    nlohmann::json const& model = *model_it;
-    std::string const model_type = model.value("type", "");
-    if (model_type != "BPE") {
-      fail_spec(origin, "unknown model type '" + model_type +
-                            "' (expected BPE). Hint: WordPiece, Unigram and "
-                            "WordLevel models are not supported.");
-    }
-    for (char const* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      auto const it = model.find(key);
-      if (it != model.end() && !it->is_null() && !(it->is_string() && it->get<std::string>().empty())) {
-        fail_spec(origin, std::string("unsupported BPE option ") + key + " = " + it->dump());
-      }
-    }
-    if (auto const it = model.find("dropout");
-        it != model.end() && !it->is_null() && it->is_number() && it->get<double>() > 0.0) {
-      fail_spec(origin, "BPE dropout is not supported (got " + it->dump() + ")");
-    }
-    // vocabulary (+ added tokens) -> dense id table
-    auto const vocab_it = model.find("vocab");
-    if (vocab_it == model.end() || !vocab_it->is_object()) fail_spec(origin, "model.vocab is missing or not an object");
-    std::vector<std::pair<std::string, std::int64_t>> entries;
-    entries.reserve(vocab_it->size());
-    for (auto const& [token, id] : vocab_it->items()) {
-      if (!id.is_number_integer())
-        fail_spec(origin, "model.vocab['" + token + "'] = " + id.dump() + " (expected an integer id)");
-      entries.emplace_back(token, id.get<std::int64_t>());
-    }
-    std::vector<AddedToken> added;
-    if (auto const it = spec.find("added_tokens"); it != spec.end() && !it->is_null()) {
-      if (!it->is_array()) fail_spec(origin, "added_tokens is not an array");
-      for (auto const& a : *it) {
-        if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
-            !a["content"].is_string()) {
-          fail_spec(origin,
-                    "malformed added token " + dump_short(a) + " (expected {\"id\": int, \"content\": string, ...})");
-        }
-        for (char const* flag : {"lstrip", "rstrip", "single_word"}) {
-          if (json_bool(a, flag, false)) {
-            fail_spec(origin, "added token " + dump_short(a) + " sets " + flag + ", which is not supported");
-          }
-        }
-        added.push_back({a["content"].get<std::string>(), a["id"].get<std::int32_t>(), json_bool(a, "special", false),
-                         json_bool(a, "normalized", false)});
-      }
-    }
-    std::int64_t max_id = -1;
-    for (auto const& e : entries) max_id = std::max(max_id, e.second);
-    for (auto const& a : added) max_id = std::max<std::int64_t>(max_id, a.id);
-    if (max_id < 0) fail_spec(origin, "the vocabulary is empty");
-    if (max_id >= (std::int64_t{1} << 31)) fail_spec(origin, "token id " + std::to_string(max_id) + " is too large");
-    std::vector<std::string> tokens(static_cast<std::size_t>(max_id + 1));
-    std::vector<std::uint8_t> filled(tokens.size(), 0);
-    for (auto const& [token, id] : entries) {
-      if (id < 0) fail_spec(origin, "model.vocab['" + token + "'] has negative id " + std::to_string(id));
-      auto const i = static_cast<std::size_t>(id);
-      if (filled[i])
-        fail_spec(origin,
-                  "token id " + std::to_string(id) + " is used twice ('" + tokens[i] + "' and '" + token + "')");
-      tokens[i] = token;
-      filled[i] = 1;
-    }
-    for (auto const& a : added) {
-      if (a.id < 0) fail_spec(origin, "added token '" + a.content + "' has negative id");
-      auto const i = static_cast<std::size_t>(a.id);
-      if (filled[i] && tokens[i] != a.content) {
-        fail_spec(origin, "added token '" + a.content + "' has id " + std::to_string(a.id) +
-                              ", which the vocabulary gives to '" + tokens[i] + "'");
-      }
-      tokens[i] = a.content;
-      filled[i] = 1;
-    }
-    for (std::size_t i = 0; i < filled.size(); ++i) {
-      if (!filled[i])
-        fail_spec(origin, "no token has id " + std::to_string(i) + " (expected ids 0.." + std::to_string(max_id) +
-                              " without gaps)");
-    }
-    // merges: "a b" strings (older files) or ["a", "b"] pairs (tokenizers >= 0.20)
-    std::vector<std::pair<std::string, std::string>> merges;
-    if (auto const it = model.find("merges"); it != model.end() && !it->is_null()) {
-      if (!it->is_array()) fail_spec(origin, "model.merges is not an array");
-      merges.reserve(it->size());
-      std::size_t rank = 0;
-      for (auto const& m : *it) {
-        if (m.is_string()) {
-          merges.push_back(split_merge(m.get<std::string>(), rank, "Tokenizer::from_tokenizer_json()"));
-        } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-          merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
-        } else {
-          fail_spec(origin,
-                    "merge " + std::to_string(rank) + " is " + dump_short(m) + " (expected \"a b\" or [\"a\", \"b\"])");
-        }
-        ++rank;
-      }
-    }
-    TokenizerOptions options;
-    options.normalizer = parse_normalizer(spec.value("normalizer", nlohmann::json()), origin);
-    options.ignore_merges = json_bool(model, "ignore_merges", false);
-    options.byte_fallback = json_bool(model, "byte_fallback", false);
-    options.fuse_unk = json_bool(model, "fuse_unk", false);
-    PreTokenizer const pre = parse_pre_tokenizer(spec.value("pre_tokenizer", nlohmann::json()), origin);
-    check_decoder(spec.value("decoder", nlohmann::json()), origin);
-    SpecialTokenIds ids;
-    if (auto const unk = model.find("unk_token"); unk != model.end() && unk->is_string()) {
-      for (std::size_t i = 0; i < tokens.size(); ++i) {
-        if (tokens[i] == unk->get<std::string>()) {
-          ids.unk = static_cast<std::int32_t>(i);
-          break;
-        }
-      }
-    }
-    build(std::move(tokens), merges, std::move(added), ids, pre, options, "Tokenizer::from_tokenizer_json()");
-    parse_post_processor(spec.value("post_processor", nlohmann::json()), origin);
-  }
-
-  /// None, ByteLevel (no ids), TemplateProcessing (its "single" template), or a Sequence of them.
-  void parse_post_processor(nlohmann::json const& post, std::string const& origin) {
-    if (post.is_null()) return;
-    std::string const type = post.is_object() ? post.value("type", "") : "";
-    if (type == "ByteLevel") return;
-    if (type == "Sequence" && post.contains("processors") && post["processors"].is_array()) {
-      for (auto const& p : post["processors"]) parse_post_processor(p, origin);
-      return;
-    }
-    if (type != "TemplateProcessing") {
-      fail_spec(origin, "unsupported post_processor " + dump_short(post) +
-                            ". Hint: supported are ByteLevel and TemplateProcessing.");
-    }
-    auto const single = post.find("single");
-    auto const specials = post.find("special_tokens");
-    if (single == post.end() || !single->is_array())
-      fail_spec(origin, "TemplateProcessing without a \"single\" template");
-    bool after_sequence = false;
-    for (auto const& item : *single) {
-      if (item.is_object() && item.contains("Sequence")) {
-        after_sequence = true;
-        continue;
-      }
-      if (!item.is_object() || !item.contains("SpecialToken") || !item["SpecialToken"].contains("id")) {
-        fail_spec(origin, "TemplateProcessing item " + dump_short(item) + " is neither a Sequence nor a SpecialToken");
-      }
-      std::string const name = item["SpecialToken"]["id"].get<std::string>();
-      std::vector<std::int32_t> ids;
-      if (specials != post.end() && specials->contains(name) && (*specials)[name].contains("ids")) {
-        for (auto const& id : (*specials)[name]["ids"]) ids.push_back(id.get<std::int32_t>());
-      } else {
-        ids.push_back(token_to_id(name));
-      }
-      for (std::int32_t const id : ids) check_id(id, "Tokenizer::from_tokenizer_json()");
-      auto& target = after_sequence ? suffix_ids_ : prefix_ids_;
-      target.insert(target.end(), ids.begin(), ids.end());
-    }
-    if (prefix_ids_.size() == 1 && special_ids_.bos < 0) special_ids_.bos = prefix_ids_[0];
-    if (suffix_ids_.size() == 1 && special_ids_.eos < 0) special_ids_.eos = suffix_ids_[0];
-  }
-
-  /// bos/eos/pad/unk and chat_template from a Hugging Face tokenizer_config.json.
-  void read_tokenizer_config(std::filesystem::path const& path) {
-    std::ifstream in(path, std::ios::binary);
-    nlohmann::json config;
-    try {
-      config = nlohmann::json::parse(in);
-    } catch (nlohmann::json::parse_error const& e) {
-      fail("Tokenizer::from_tokenizer_json(): '", path.string(), "' is not valid JSON (", e.what(), ")");
-    }
-    if (!config.is_object()) return;
-    auto const id_of = [&](char const* key, std::int32_t fallback) {
-      auto const it = config.find(key);
-      if (it == config.end()) return fallback;
-      std::string content;
-      if (it->is_string())
-        content = it->get<std::string>();
-      else if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
-        content = (*it)["content"].get<std::string>();
-      else
-        return fallback;
-      auto const id = find_token(content);
-      return id ? *id : fallback;
-    };
-    SpecialTokenIds ids = special_ids_;
-    ids.bos = id_of("bos_token", ids.bos);
-    ids.eos = id_of("eos_token", ids.eos);
-    ids.pad = id_of("pad_token", ids.pad);
-    ids.unk = id_of("unk_token", ids.unk);
-    special_ids_ = ids;
-    if (auto const it = config.find("chat_template"); it != config.end() && it->is_string()) {
-      chat_template_ = it->get<std::string>();
-    }
-  }
 };
 
 }  // namespace tinylora::text
