@@ -44,7 +44,7 @@ int sweep(int argc, char** argv) {
 
   auto net = model::Decoder<typename Experiment::backend, typename Experiment::precision>::load(run.model);
   auto const tok = text::load_tokenizer(run.model);
-  grpo.grpo.format = train::prompt_format_for(tok);
+  grpo.grpo.format = train::prompt_format_for(tok, run.instruction);
   model::AdaptedModel<Experiment> policy(net, cli::adapter_spec(run));
   auto const train_set = cli::load_train(run);
   auto const val_set = data::load_qa_jsonl(run.data, {run.question_field, run.answer_field, run.offset + run.limit, val_limit, false, run.seed});

@@ -40,7 +40,7 @@ int train_grpo(int argc, char** argv) {
 
   auto net = model::Decoder<typename Experiment::backend, typename Experiment::precision>::load(run.model);
   auto const tok = text::load_tokenizer(run.model);
-  grpo.grpo.format = train::prompt_format_for(tok);
+  grpo.grpo.format = train::prompt_format_for(tok, run.instruction);
   model::AdaptedModel<Experiment> policy(net, cli::adapter_spec(run));
   auto const train_set = cli::load_train(run);
   auto const eval_set = cli::load_eval(run);

@@ -52,7 +52,7 @@ int train_sft(int argc, char** argv) {
   std::vector<data::SupervisedExample> examples;
   std::size_t dropped = 0;  // examples whose answer does not fit max_length at all teach nothing
   for (auto const& ex : train_set) {
-    auto s_ex = data::make_supervised(tok, train::prompt_format_for(tok), ex, net.config().eos, max_length);
+    auto s_ex = data::make_supervised(tok, train::prompt_format_for(tok, run.instruction), ex, net.config().eos, max_length);
     if (s_ex.tokens.size() > s_ex.prompt_length) examples.push_back(std::move(s_ex));
     else ++dropped;
   }

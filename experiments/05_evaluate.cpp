@@ -1,4 +1,5 @@
-// 05_evaluate: greedy pass@1 accuracy on a question/answer set, the paper's metric. Always the
+// 05_evaluate: greedy pass@1 accuracy on a question/answer set, the paper's metric, and with
+// --samples G also pass@1 and pass@G of G completions sampled at --temperature. Always the
 // untrained baseline (no adapter); then the adapted model, either
 //   --run FILE   the adapter a training run (02, 03, 04) trained: rebuilt from the run file's /adapter
 //                record (recipe, options, budget, targets; model/adapter_record.hpp) and checked
@@ -43,9 +44,11 @@ struct Options {
   std::string model = cli::default_model_path(), data = "data/arith/test.jsonl";
   std::string question_field = "question", answer_field = "answer", rule = "paper-fork";
   std::string theta, run, out = "results/05_evaluate.h5";
+  std::string instruction = data::kDefaultInstruction;
   std::size_t limit = 0, offset = 0;
-  Index max_new_tokens = 256, batch = 16, budget = 13;
-  std::uint64_t seed = 0;
+  Index max_new_tokens = 256, batch = 16, budget = 13, samples = 0;
+  float temperature = 1.0f;
+  std::uint64_t seed = 0, sample_seed = 0;
   bool keep_completions = false;
 };
 
@@ -60,6 +63,11 @@ train::EvalResult measure(io::ResultFile& file, std::string const& group, Net co
     r.mean_tokens = file.get_attr<double>(group, "mean_tokens");
     r.seconds = file.get_attr<double>(group, "seconds");
     r.correct = file.read_vector<std::uint8_t>(group + "/correct");
+    if (file.has(group + "/correct_samples")) {
+      r.samples = file.get_attr<std::int64_t>(group, "samples");
+      r.correct_samples = file.read_vector<std::int32_t>(group + "/correct_samples");
+      r.sample_mean_tokens = file.get_attr<double>(group, "sample_mean_tokens");
+    }
     std::printf("%s: already in the result file (resuming)\n", group.c_str());
     return r;
   }
@@ -72,6 +80,9 @@ train::EvalResult measure(io::ResultFile& file, std::string const& group, Net co
 void report(char const* name, train::EvalResult const& r) {
   std::printf("%-9s %td/%td correct = %6.2f%%, mean %.1f tokens, %.1f s\n", name, r.n_correct, r.n, 100.0 * r.accuracy(), r.mean_tokens,
               r.seconds);
+  if (r.samples > 0)
+    std::printf("%-9s sampled: pass@1 %6.2f%%, pass@%td %6.2f%% (%td samples each, mean %.1f tokens)\n", name, 100.0 * r.pass_at(1), r.samples,
+                100.0 * r.pass_at(r.samples), r.samples, r.sample_mean_tokens);
 }
 
 /// The theta a training run ended with: 03/04's theta_final, or 02's best cell's row of theta_final.
@@ -98,7 +109,10 @@ void run(Options const& o, data::ExtractRule rule) {
   eo.rule = rule;
   eo.keep_completions = o.keep_completions;
   eo.progress = true;
-  eo.format = train::prompt_format_for(tok);
+  eo.format = train::prompt_format_for(tok, o.instruction);
+  eo.samples = o.samples;
+  eo.temperature = o.temperature;
+  eo.seed = o.sample_seed;
 
   // The adapter is built (and theta checked) before any generation, then switched off for the baseline.
   std::string const model_sha = cli::model_fingerprint(o.model);
@@ -144,7 +158,9 @@ void run(Options const& o, data::ExtractRule rule) {
   std::string const identity = "model=" + model_sha + " data=" + sha256_file(o.data) + " fields=" + o.question_field + "," +
                                o.answer_field + " offset=" + std::to_string(o.offset) + " limit=" + std::to_string(o.limit) +
                                " max_new_tokens=" + std::to_string(o.max_new_tokens) + " rule=" + o.rule + " recipe=" + R::describe_adapter() +
-                               adapter_identity + " keep=" + std::to_string(o.keep_completions);
+                               adapter_identity + " keep=" + std::to_string(o.keep_completions) +
+                               " instruction=" + o.instruction +
+                               (o.samples > 0 ? " samples=" + std::to_string(o.samples) + " T=" + exact(o.temperature) + " sample_seed=" + std::to_string(o.sample_seed) : "");
   if (file.has_attr("/", "run_identity")) {
     TINYLORA_CHECK(file.get_attr<std::string>("/", "run_identity") == identity, "05_evaluate: '", o.out,
                    "' holds an evaluation made with other options or files; give another --out to start a new one");
@@ -168,6 +184,9 @@ void run(Options const& o, data::ExtractRule rule) {
     file.set_attr("/", "instruction", eo.format.instruction);
     file.set_attr("/", "seed", static_cast<std::int64_t>(o.seed));
     file.set_attr("/", "budget", static_cast<std::int64_t>(o.budget));
+    file.set_attr("/", "samples", static_cast<std::int64_t>(o.samples));
+    file.set_attr("/", "temperature", static_cast<double>(o.temperature));
+    file.set_attr("/", "sample_seed", static_cast<std::int64_t>(o.sample_seed));
     if (adapted) {
       file.write("theta", theta);
       model::write_adapter_record(file, model::adapter_record(*adapted, model_sha));
@@ -213,10 +232,15 @@ int evaluate_main(int argc, char** argv) {
       "budget", po::value(&o.budget)->default_value(o.budget), "with --theta: trainable scalars b of the adapter theta belongs to")(
       "seed", po::value(&o.seed)->default_value(o.seed), "with --theta: seed of the projections P")(
       "keep-completions", po::bool_switch(&o.keep_completions), "store every completion, prediction and reference")(
+      "instruction", po::value(&o.instruction)->default_value(o.instruction), "appended to every question after a blank line (\"\": none)")(
+      "samples", po::value(&o.samples)->default_value(o.samples), "also G completions sampled per question, for pass@1 and pass@G (0: greedy only)")(
+      "temperature", po::value(&o.temperature)->default_value(o.temperature), "with --samples: sampling temperature")(
+      "sample-seed", po::value(&o.sample_seed)->default_value(o.sample_seed), "with --samples: seed of the draws")(
       "out", po::value(&o.out)->default_value(o.out), "HDF5 result file (resumed if present)");
   if (!cli::parse(argc, argv, desc, "05_evaluate: greedy pass@1 accuracy, untrained baseline and trained TinyLoRA")) return 0;
   data::ExtractRule const rule = data::extract_rule_from_string(o.rule);
   TINYLORA_CHECK(o.batch >= 1 && o.max_new_tokens >= 1 && o.budget >= 1, "05_evaluate: need --batch, --max-new-tokens and --budget >= 1");
+  TINYLORA_CHECK(o.samples >= 0 && (o.samples == 0 || o.temperature > 0), "05_evaluate: --samples must be >= 0 and --temperature > 0");
   TINYLORA_CHECK(o.run.empty() || o.theta.empty(), "05_evaluate: give --run or --theta, not both");
   run<R>(o, rule);
   return 0;

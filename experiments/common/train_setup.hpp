@@ -32,6 +32,7 @@ struct TrainRunOptions {
   std::string targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
   std::uint64_t seed = 0;
   std::string rule = "paper-fork";
+  std::string instruction = data::kDefaultInstruction;  // appended to every question ("": none)
   Index eval_batch = 16, eval_max_new_tokens = 256;
   std::string out, checkpoints;                 // checkpoints default: <out>.ckpt
   Index checkpoint_every = 1, keep_last = 3, die_at_step = -1;
@@ -64,6 +65,7 @@ inline void add_train_run_options(po::options_description& desc, TrainRunOptions
       "targets", po::value(&o.targets)->default_value(o.targets), "adapted module types, comma-separated, or all-linear")(
       "seed", po::value(&o.seed)->default_value(o.seed), "seed of the projections, data order and sampling")(
       "rule", po::value(&o.rule)->default_value(o.rule), "answer extraction: paper-fork | reference | boxed | last-number")(
+      "instruction", po::value(&o.instruction)->default_value(o.instruction), "appended to every question after a blank line (\"\": none)")(
       "checkpoints", po::value(&o.checkpoints), "checkpoint folder (default: <out>.ckpt)")(
       "checkpoint-every", po::value(&o.checkpoint_every)->default_value(o.checkpoint_every), "steps between checkpoints")(
       "keep-last", po::value(&o.keep_last)->default_value(o.keep_last), "checkpoints kept")(
@@ -94,7 +96,7 @@ inline std::string train_run_identity(TrainRunOptions const& o) {
          " eval_limit=" + std::to_string(o.eval_limit) + " eval_offset=" + std::to_string(o.eval_offset) +
          " eval_max_new_tokens=" + std::to_string(o.eval_max_new_tokens) + " budget=" + std::to_string(o.budget) + " rank=" + std::to_string(o.rank) + " alpha=" + o.alpha + " u=" + o.u_choices +
          " svd=" + o.svd + " targets=" + o.targets +
-         " seed=" + std::to_string(o.seed) + " rule=" + o.rule;
+         " seed=" + std::to_string(o.seed) + " rule=" + o.rule + " instruction=" + o.instruction;
 }
 
 inline std::filesystem::path checkpoint_dir(TrainRunOptions const& o) {
@@ -140,7 +142,7 @@ double evaluate_once(io::ResultFile& file, std::string const& group, Model const
   e.batch_size = o.eval_batch;
   e.max_new_tokens = o.eval_max_new_tokens;
   e.rule = data::extract_rule_from_string(o.rule);
-  e.format = train::prompt_format_for(tok);
+  e.format = train::prompt_format_for(tok, o.instruction);
   e.keep_completions = o.keep_completions;
   auto const r = train::evaluate(m, tok, examples, e);
   train::write_eval(file, group, r);

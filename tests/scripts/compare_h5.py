@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Exits 0 when every HDF5 file given has exactly the datasets and attributes of the first
-(bit for bit, NaN equal to NaN), except wall-clock timings (attributes named 'seconds').
+(bit for bit, NaN equal to NaN), except wall-clock timings (attributes named 'seconds', and the
+datasets of a training log's 'timing' groups with their '_done' masks).
   compare_h5.py [--rtol R] [--ignore NAME]... reference.h5 other.h5...
 --rtol: floating-point values within relative R (plus an absolute 1e-6 R for values near 0) of the
 reference count as equal (runs on two backends); --ignore: attributes of that name are skipped too
@@ -32,7 +33,7 @@ def contents(path):
             for key, value in obj.attrs.items():
                 if key not in IGNORED_ATTRS:
                     out[f"{name}@{key}"] = np.asarray(value)
-            if isinstance(obj, h5py.Dataset):
+            if isinstance(obj, h5py.Dataset) and "timing" not in name.split("/")[:-1]:
                 out[name] = np.asarray(obj[()])
         visit("/", f)
         f.visititems(visit)

@@ -1,7 +1,8 @@
 // Greedy pass@1 evaluation (train/evaluate.hpp) on the tiny random Llama fixture: completions equal a
 // hand-rolled greedy loop over full-sequence logits (no KV cache), batching changes nothing, stop ids
 // end a completion, scoring follows the reference answers, adapters are honoured, and the HDF5 record
-// reads back. chat_stop_ids on the fixture and on the real SmolLM2 GGUF.
+// reads back; sampled completions for pass@k (the estimator hand-computed, draws independent of the
+// batching, counts that follow the references). chat_stop_ids on the fixture and on the real SmolLM2 GGUF.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -360,4 +361,80 @@ TEST_CASE("evaluate and write_eval reject bad inputs with a hint") {
   auto const none = evaluate(net, tok, {}, train::EvalOptions{});
   CHECK(none.n == 0);
   CHECK(none.accuracy() == 0.0);
+}
+
+TEST_CASE("pass@k from G samples: Chen et al.'s unbiased estimator, hand-computed") {
+  train::EvalResult r;
+  r.samples = 4;
+  r.correct_samples = {0, 1, 2, 4};
+  CHECK(r.pass_at(1) == doctest::Approx((0.0 + 0.25 + 0.5 + 1.0) / 4));
+  // pass@2 = 1 - C(4 - c, 2) / C(4, 2): 0, 1 - 3/6, 1 - 1/6, 1.
+  CHECK(r.pass_at(2) == doctest::Approx((0.0 + 0.5 + 5.0 / 6.0 + 1.0) / 4));
+  CHECK(r.pass_at(4) == doctest::Approx(0.75));  // any of the four right
+  CHECK_THROWS_WITH_AS(r.pass_at(5), doctest::Contains("needs 1 <= k <= G = 4"), Error);
+  CHECK_THROWS_WITH_AS(train::EvalResult{}.pass_at(1), doctest::Contains("needs 1 <= k <= G = 0"), Error);
+}
+
+TEST_CASE("evaluate with samples: draws keyed by (seed, example, sample), so batching changes nothing; counts follow the references") {
+  auto const seed = test::seed(61);
+  auto const tok = text::load_tokenizer(tiny_path());
+  auto const net = Model::load(tiny_path());
+  auto qa = arith_questions(5);
+  train::EvalOptions o;
+  o.max_new_tokens = 12;
+  o.keep_completions = true;
+  o.rule = data::ExtractRule::LastNumber;
+  o.samples = 3;
+  o.temperature = 1.0f;
+  o.seed = seed;
+  o.batch_size = 1;
+  auto const one = evaluate(net, tok, qa, o);
+  o.batch_size = 3;
+  auto const three = evaluate(net, tok, qa, o);
+  REQUIRE(one.sample_completions.size() == 15);
+  CHECK(one.sample_completions == three.sample_completions);
+  CHECK(one.correct_samples == three.correct_samples);
+  CHECK(one.sample_mean_tokens == three.sample_mean_tokens);
+  // Sampling is not greedy: some sample differs from its example's greedy completion.
+  bool differs = false;
+  for (std::size_t i = 0; i < 15; ++i) differs = differs || one.sample_completions[i] != one.examples[i / 3].completion;
+  CHECK(differs);
+  // References set from sample 0's last number: that sample (and any other with the same number)
+  // now counts; the count equals a recount of the kept samples.
+  Index forced = 0;
+  for (std::size_t i = 0; i < qa.size(); ++i)
+    if (auto const got = data::extract_answer(one.sample_completions[3 * i], data::ExtractRule::LastNumber)) {
+      qa[i].answer = "#### " + *got;
+      ++forced;
+    } else {
+      qa[i].answer = "reasoning\n####";
+    }
+  o.seed = seed + 1;  // another seed: other draws
+  auto const other = evaluate(net, tok, qa, o);
+  CHECK(other.sample_completions != one.sample_completions);
+  o.seed = seed;
+  auto const scored = evaluate(net, tok, qa, o);
+  MESSAGE(forced << " of 5 first samples hold a number; correct samples per example: " << scored.correct_samples[0] << " "
+                 << scored.correct_samples[1] << " " << scored.correct_samples[2] << " " << scored.correct_samples[3] << " "
+                 << scored.correct_samples[4]);
+  for (std::size_t i = 0; i < qa.size(); ++i) {
+    std::int32_t recount = 0;
+    for (std::size_t g = 0; g < 3; ++g) recount += train::score_completion(scored.sample_completions[3 * i + g], qa[i], o.rule).correct ? 1 : 0;
+    CHECK(scored.correct_samples[i] == recount);
+  }
+  REQUIRE(forced >= 1);
+  CHECK(scored.pass_at(3) >= static_cast<double>(forced) / 5.0);
+  // The record: counts, the estimates and the kept samples.
+  auto const path = test::scratch_dir("evaluate") / "sampled.h5";
+  {
+    auto f = io::ResultFile::create(path);
+    train::write_eval(f, "baseline", scored);
+    f.finalize();
+  }
+  auto const f = io::ResultFile::open(path, io::ResultFile::Mode::ReadOnly);
+  CHECK(f.read_vector<std::int32_t>("baseline/correct_samples") == scored.correct_samples);
+  CHECK(f.get_attr<std::int64_t>("baseline", "samples") == 3);
+  CHECK(f.get_attr<double>("baseline", "pass_at_3") == doctest::Approx(scored.pass_at(3)));
+  CHECK(f.get_attr<double>("baseline", "pass_at_1") == doctest::Approx(scored.pass_at(1)));
+  CHECK(f.read_strings("baseline/sample_completions") == scored.sample_completions);
 }

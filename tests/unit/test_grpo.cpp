@@ -1,10 +1,14 @@
-// GRPO: advantages and the token-level PPO / k3 terms against hand-computed values and their
-// derivatives against finite differences; on the tiny Llama, the trainer's mini-batch gradient
-// (PPO with KL, REINFORCE) against central differences of its own surrogate loss, invariance to
-// micro-batching, and one update lowering the surrogate it descends.
+// GRPO: advantages (group-normalized, centered, leave-one-out) and the token-level PPO / k3 terms
+// against hand-computed values and their derivatives against finite differences; the objective
+// presets; on the tiny Llama, the trainer's mini-batch gradient of every objective (paper + KL,
+// REINFORCE, GRPO, DAPO, Dr. GRPO, GSPO, RLOO) against central differences of its own surrogate
+// loss, each aggregation against its hand-computed value on the rollout policy, dynamic sampling,
+// invariance to micro-batching, and one update lowering the surrogate it descends.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "../support.hpp"
 #include "tinylora/adapters/adapters.hpp"
@@ -31,6 +35,14 @@ TEST_CASE("group advantages: (r - mean) / (unbiased std + 1e-6), or r - mean, pe
   CHECK(C[0] == doctest::Approx(0.75));
   CHECK(C[10] == doctest::Approx(-0.5));
   CHECK(train::group_advantages(std::vector<double>{1, 0}, 1, train::AdvantageMode::GroupNormalized) == std::vector<float>{0, 0});
+  // Leave-one-out (RLOO): r_i minus the mean of the other three.
+  auto const L = train::group_advantages(r, 4, train::AdvantageMode::LeaveOneOut);
+  CHECK(L[0] == doctest::Approx(1.0 - 0.0));         // others 0, 0, 0
+  CHECK(L[1] == doctest::Approx(0.0 - 1.0 / 3.0));   // others 1, 0, 0
+  CHECK(L[8] == doctest::Approx(0.0 - 2.0 / 3.0));   // group 3 = {0, 1, 0, 1}: others 1, 0, 1
+  CHECK(L[9] == doctest::Approx(1.0 - 1.0 / 3.0));   // others 0, 0, 1
+  for (int i = 4; i < 8; ++i) CHECK(L[static_cast<std::size_t>(i)] == 0.0f);
+  CHECK(train::group_advantages(std::vector<double>{1, 0}, 1, train::AdvantageMode::LeaveOneOut) == std::vector<float>{0, 0});
   CHECK_THROWS_WITH_AS(train::group_advantages(std::vector<double>{1, 0, 1}, 2, train::AdvantageMode::GroupCentered),
                        doctest::Contains("do not split into groups of 2"), Error);
 }
@@ -127,7 +139,7 @@ struct Fixture {
     o.group_size = 3;
     o.max_new_tokens = 6;
     o.temperature = 0.9f;
-    o.reward = even_fraction;
+    o.custom_reward = even_fraction;
     o.seed = seed;
     o.micro_batch = 2;
     return o;
@@ -252,4 +264,232 @@ TEST_CASE("GRPO steps are a function of (seed, step, theta): rerunning a step af
   CHECK(theta_first == theta_again);
   CHECK(first[0].first == "reward_mean");
   CHECK(first[0].second > 0.0);
+}
+
+TEST_CASE("objective presets: each sets the settings its paper states; names parse back") {
+  using train::Objective;
+  struct Expected {
+    Objective objective;
+    train::PolicyLoss loss;
+    train::AdvantageMode advantage;
+    train::Aggregation aggregation;
+    float clip_low, clip_high, dual_clip;
+    bool dynamic;
+  };
+  using L = train::PolicyLoss;
+  using A = train::AdvantageMode;
+  using G = train::Aggregation;
+  Expected const table[] = {
+      {Objective::Paper, L::Ppo, A::GroupNormalized, G::TokenMean, 0.2f, 0.4f, 3.0f, false},
+      {Objective::Grpo, L::Ppo, A::GroupNormalized, G::SequenceMeanTokenMean, 0.2f, 0.2f, 0.0f, false},
+      {Objective::Dapo, L::Ppo, A::GroupNormalized, G::TokenMean, 0.2f, 0.28f, 0.0f, true},
+      {Objective::DrGrpo, L::Ppo, A::GroupCentered, G::ConstantNormalizer, 0.2f, 0.2f, 0.0f, false},
+      {Objective::Gspo, L::SequenceRatio, A::GroupNormalized, G::SequenceMeanTokenMean, 3e-4f, 4e-4f, 0.0f, false},
+      {Objective::Rloo, L::Ppo, A::LeaveOneOut, G::SequenceMeanTokenSum, 0.2f, 0.2f, 0.0f, false},
+  };
+  train::GrpoOptions const defaults;
+  for (auto const& e : table) {
+    INFO(train::to_string(e.objective));
+    CHECK(train::objective_from_string(train::to_string(e.objective)) == e.objective);
+    train::GrpoOptions o;
+    o.apply_objective(Objective::Dapo);  // a preset replaces every objective setting of the one before
+    o.apply_objective(e.objective);
+    CHECK(o.loss == e.loss);
+    CHECK(o.advantage == e.advantage);
+    CHECK(o.aggregation == e.aggregation);
+    CHECK(o.clip_low == e.clip_low);
+    CHECK(o.clip_high == e.clip_high);
+    CHECK(o.dual_clip == e.dual_clip);
+    CHECK(o.dynamic_sampling == e.dynamic);
+  }
+  // The defaults are the paper's preset.
+  train::GrpoOptions paper;
+  paper.apply_objective(Objective::Paper);
+  CHECK(paper.describe_objective() == defaults.describe_objective());
+  CHECK_THROWS_WITH_AS(train::objective_from_string("ppo2"), doctest::Contains("paper | grpo | dapo | dr-grpo | gspo | rloo"), Error);
+  CHECK_THROWS_WITH_AS(train::aggregation_from_string("mean"), doctest::Contains("token-mean | sequence-mean | sequence-sum | constant"),
+                       Error);
+}
+
+namespace {
+/// Options of an objective preset on the fixture (the GSPO clip widened so that, off the rollout
+/// policy, gradient still flows through most sequences).
+train::GrpoOptions preset(Fixture const& f, train::Objective objective, std::uint64_t seed) {
+  auto o = f.options(seed);
+  o.apply_objective(objective);
+  if (objective == train::Objective::Gspo) o.clip_low = 0.2f, o.clip_high = 0.3f;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("every objective preset's mini-batch gradient matches finite differences of its surrogate") {
+  auto const seed = test::seed(47);
+  for (auto objective : {train::Objective::Grpo, train::Objective::Dapo, train::Objective::DrGrpo, train::Objective::Gspo,
+                         train::Objective::Rloo}) {
+    MESSAGE("objective " << std::string(train::to_string(objective)));
+    Fixture probe(seed);
+    auto o = preset(probe, objective, seed);
+    o.dynamic_sampling = false;  // the dense reward gives every group a signal anyway
+    check_surrogate_gradient(o, seed);
+  }
+}
+
+TEST_CASE("aggregations on the rollout policy (every ratio 1): the surrogate equals its hand-computed value") {
+  // With rho = s = 1 each token's PPO loss is -A_i, so L = -sum_i A_i sum_t w_it:
+  //   token-mean -sum_i A_i |y_i| / N;  sequence-mean -sum_i A_i / n;  sequence-sum -sum_i A_i |y_i| / n;
+  //   constant -sum_i A_i |y_i| / (n L_max);  GSPO (sequence-mean) -sum_i A_i / n.
+  auto const seed = test::seed(48);
+  struct Case {
+    train::Objective objective;
+    char const* name;
+  };
+  for (auto const& [objective, name] : {Case{train::Objective::Paper, "token-mean"}, Case{train::Objective::Grpo, "sequence-mean"},
+                                        Case{train::Objective::Rloo, "sequence-sum"}, Case{train::Objective::DrGrpo, "constant"},
+                                        Case{train::Objective::Gspo, "gspo"}}) {
+    INFO(std::string(name));
+    Fixture f(seed);
+    auto o = preset(f, objective, seed);
+    o.dynamic_sampling = false;
+    Trainer trainer(f.policy, f.tok, prompts(), {}, o, optim::AdamW{});
+    Trainer::RolloutStats st;
+    auto rollouts = trainer.rollouts(0, st);
+    // Advantages by hand: a group's own sum to zero, which would hide a wrong sequence weight; and
+    // lengths 6, 5, 4, 6, ... (the tiny model never stops within 6 tokens), so the weights differ.
+    for (std::size_t i = 0; i < rollouts.size(); ++i) {
+      auto& r = rollouts[i];
+      r.advantage = 0.5f - 0.3f * static_cast<float>(i);
+      std::size_t const drop = std::min<std::size_t>(i % 3, r.old_logp.size() - 1);
+      r.tokens.resize(r.tokens.size() - drop);
+      r.response.resize(r.response.size() - drop);
+      r.old_logp.resize(r.old_logp.size() - drop);
+    }
+    double n = static_cast<double>(rollouts.size()), N = 0, sum_A = 0, sum_A_len = 0;
+    for (auto const& r : rollouts) {
+      N += static_cast<double>(r.old_logp.size());
+      sum_A += r.advantage;
+      sum_A_len += r.advantage * static_cast<double>(r.old_logp.size());
+    }
+    double expected = 0;
+    switch (o.aggregation) {
+      case train::Aggregation::TokenMean: expected = -sum_A_len / N; break;
+      case train::Aggregation::SequenceMeanTokenMean: expected = -sum_A / n; break;
+      case train::Aggregation::SequenceMeanTokenSum: expected = -sum_A_len / n; break;
+      case train::Aggregation::ConstantNormalizer: expected = -sum_A_len / (n * static_cast<double>(o.max_new_tokens)); break;
+    }
+    double const got = trainer.surrogate(rollouts);
+    MESSAGE(std::string(name) << ": surrogate " << got << ", hand-computed " << expected);
+    CHECK(got == doctest::Approx(expected).epsilon(1e-4).scale(1e-6));
+    CHECK(std::abs(expected) > 1e-4);  // the advantages do not cancel, so the check means something
+  }
+}
+
+TEST_CASE("the sequence ratio: one deviating token moves s_i by exp(delta / |y_i|); GSPO clips whole sequences") {
+  // On a 4-token sequence with A = 1, raising one token's log-prob by 0.4 gives s = exp(0.1):
+  // inside a (0.2, 0.3) clip the loss is -s and each token's dL/dlogp is -s / 4 (w = 1 / (n |y|) with
+  // n = 1 and sum_t w = 1); inside (3e-4, 4e-4) the sequence is clipped: loss -(1 + 4e-4), no gradient.
+  auto const seq = [](double mean_log_ratio, double lo, double hi) { return ppo_token(mean_log_ratio, 0.0, 1.0, lo, hi, 0.0); };
+  auto const wide = seq(0.4 / 4, 0.2, 0.3);
+  CHECK(wide.loss == doctest::Approx(-std::exp(0.1)));
+  CHECK(wide.dloss / 4 == doctest::Approx(-std::exp(0.1) / 4));
+  auto const narrow = seq(0.4 / 4, 3e-4, 4e-4);
+  CHECK(narrow.loss == doctest::Approx(-(1 + 4e-4)));
+  CHECK(narrow.dloss == 0.0);
+  CHECK(narrow.clipped);
+}
+
+TEST_CASE("dynamic sampling: groups whose rewards are all equal are skipped and replaced, up to the cap") {
+  auto const seed = test::seed(49);
+  // "Name a color." (reference 0) always scores 1: its group carries no signal; the others score
+  // the dense even-token fraction.
+  auto const reward = [](model::Completion const& c, std::string const& text, std::string const& reference) {
+    return reference == "0" ? 1.0 : even_fraction(c, text, reference);
+  };
+  Index flat_seen = 0;
+  for (Index s = 0; s < 4; ++s) {
+    Fixture f(seed);
+    auto o = f.options(seed);
+    o.custom_reward = reward;
+    o.dynamic_sampling = true;
+    o.max_sampling_rounds = 6;
+    Trainer trainer(f.policy, f.tok, prompts(), {}, o, optim::AdamW{});
+    Trainer::RolloutStats st;
+    auto const rollouts = trainer.rollouts(s, st);
+    INFO("step " << s << ": rounds " << st.rounds << ", skipped " << st.groups_skipped);
+    CHECK(st.groups_kept == o.prompts_per_step);
+    CHECK(rollouts.size() == static_cast<std::size_t>(o.prompts_per_step * o.group_size));
+    CHECK(st.sequences == st.rounds * o.prompts_per_step * o.group_size);
+    bool const first_round_flat = std::find(st.prompts.begin(), st.prompts.end(), Index{2}) != st.prompts.end();
+    if (first_round_flat) CHECK(st.rounds >= 2);
+    flat_seen += st.groups_skipped;
+    // Every kept group has a signal: its advantages are not all zero.
+    for (std::size_t g = 0; g < rollouts.size(); g += static_cast<std::size_t>(o.group_size)) {
+      bool any = false;
+      for (std::size_t i = g; i < g + static_cast<std::size_t>(o.group_size); ++i) any = any || rollouts[i].advantage != 0.0f;
+      CHECK(any);
+    }
+    // A function of (seed, step, theta): drawing again gives the same rollouts.
+    Trainer::RolloutStats again;
+    auto const redo = trainer.rollouts(s, again);
+    REQUIRE(redo.size() == rollouts.size());
+    for (std::size_t i = 0; i < redo.size(); ++i) CHECK(redo[i].tokens == rollouts[i].tokens);
+    CHECK(again.groups_skipped == st.groups_skipped);
+  }
+  CHECK(flat_seen >= 1);  // the flat prompt was drawn at least once in four steps
+  // Without dynamic sampling the flat group stays in the batch (with A = 0).
+  Fixture f(seed);
+  auto o = f.options(seed);
+  o.custom_reward = [](model::Completion const&, std::string const&, std::string const&) { return 1.0; };
+  Trainer plain(f.policy, f.tok, prompts(), {}, o, optim::AdamW{});
+  Trainer::RolloutStats st;
+  CHECK(plain.rollouts(0, st).size() == 6);
+  CHECK(st.groups_skipped == 0);
+  // With it, and every reward equal, every round is skipped: the step trains on nothing and says so.
+  o.dynamic_sampling = true;
+  o.max_sampling_rounds = 3;
+  Fixture g(seed);
+  Trainer starved(g.policy, g.tok, prompts(), {}, o, optim::AdamW{});
+  auto const before = starved.theta();
+  auto const m = starved.step(0);
+  auto const metric = [&](char const* name) {
+    for (auto const& [key, value] : m)
+      if (key == name) return value;
+    FAIL("no metric " << name);
+    return 0.0;
+  };
+  CHECK(metric("groups_trained") == 0.0);
+  CHECK(metric("groups_skipped") == 3.0 * static_cast<double>(o.prompts_per_step));
+  CHECK(metric("sampling_rounds") == 3.0);
+  CHECK(metric("reward_mean") == 1.0);
+  CHECK(starved.theta() == before);
+}
+
+TEST_CASE("a composed reward is logged term by term; the step's time split is reported beside the metrics") {
+  auto const seed = test::seed(50);
+  Fixture f(seed);
+  auto o = f.options(seed);
+  o.custom_reward = nullptr;
+  o.reward = train::Reward::parse("correct:last-number=1,format:hash=0.5,length:3=0.25", data::ExtractRule::PaperFork);
+  Trainer trainer(f.policy, f.tok, prompts(), {}, o, optim::AdamW{});
+  auto const m = trainer.step(0);
+  std::map<std::string, double> by_name(m.begin(), m.end());
+  REQUIRE(by_name.count("reward_correct_last-number"));
+  REQUIRE(by_name.count("reward_format_hash"));
+  REQUIRE(by_name.count("reward_length"));
+  double const composed = by_name["reward_correct_last-number"] + 0.5 * by_name["reward_format_hash"] + 0.25 * by_name["reward_length"];
+  MESSAGE("reward terms: correct " << by_name["reward_correct_last-number"] << ", format " << by_name["reward_format_hash"] << ", length "
+                                   << by_name["reward_length"]);
+  CHECK(by_name["reward_mean"] == doctest::Approx(composed));
+  // The tiny model's completions run to the 6-token limit: cut, so each is penalized by -1 (a
+  // stopped one of 4..6 tokens would get -1/3..-1 under the 3-token window).
+  CHECK(by_name["reward_length"] < 0.0);
+  CHECK(by_name["reward_length"] >= -1.0);
+  CHECK(by_name["tokens_generated"] == doctest::Approx(by_name["response_length"] * 6));
+  std::map<std::string, double> timing(trainer.last_timing().begin(), trainer.last_timing().end());
+  for (char const* part : {"generation", "reward", "forward_backward", "optimizer"}) {
+    INFO(part);
+    REQUIRE(timing.count(part));
+    CHECK(timing[part] >= 0.0);
+  }
+  CHECK(timing["generation"] > 0.0);
+  CHECK(timing["forward_backward"] > 0.0);
 }

@@ -328,7 +328,8 @@ inline std::optional<std::string> canonical_fraction(std::string const& num, std
   if (!digits_value) return std::nullopt;
   std::string digits = std::to_string(*digits_value);
   if (digits.size() <= k) digits.insert(0, k + 1 - digits.size(), '0');
-  std::string const text = digits.substr(0, digits.size() - k) + (k > 0 ? "." + digits.substr(digits.size() - k) : "");
+  std::string text = digits.substr(0, digits.size() - k);
+  if (k > 0) text.append(".").append(digits, digits.size() - k, k);
   auto c = canonical_unsigned_decimal(text);
   if (!c) return std::nullopt;
   return *c == "0" ? *c : sign + *c;

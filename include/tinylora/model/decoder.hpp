@@ -217,10 +217,11 @@ class Decoder {
   /// decode_step() and one token drawn per row by B::sample_tokens (sample_token's draw, keyed by
   /// (seed, slot, step)), in the backend's memory: only the tokens and their log-probs come back.
   std::vector<Sampled> decode_sample(std::span<std::int32_t const> tokens, std::span<Index const> slots, Cache& cache,
-                                     SamplingOptions const& o, std::uint64_t step) const {
+                                     SamplingOptions const& o, std::uint64_t step, std::uint64_t first_sequence = 0) const {
     Matrix const logits = decode_logits(tokens, slots, cache);  // (n, V)
     Index const n = logits.rows();
-    std::vector<std::uint64_t> const sequence(slots.begin(), slots.end());
+    std::vector<std::uint64_t> sequence(slots.begin(), slots.end());  // (n) the draws' sequence ids
+    for (auto& id : sequence) id += first_sequence;
     auto const dev_sequence = B::upload(std::span<std::uint64_t const>(sequence));
     auto token = B::template zeros<std::int32_t>(n);
     auto logprob = B::template zeros<float>(n), policy = B::template zeros<float>(n);

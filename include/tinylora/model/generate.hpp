@@ -23,6 +23,9 @@ struct GenerationOptions {
   Index n_samples = 1;                  // G completions per prompt
   std::vector<std::int32_t> stop_ids;   // e.g. the model's EOS / <|im_end|>
   SamplingOptions sampling;
+  /// Sequence id of the first completion: completion j (prompt-major) draws as sequence
+  /// first_sequence + j, so prompts split over several calls can draw what one call would.
+  std::uint64_t first_sequence = 0;
 };
 
 struct Completion {
@@ -73,7 +76,7 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
       c.prompt = p;
       c.sample = g;
       if (o.max_new_tokens == 0) continue;
-      Sampled const s = sample_token(first_logits.row(p).data(), V, o.sampling, static_cast<std::uint64_t>(slot), 0);
+      Sampled const s = sample_token(first_logits.row(p).data(), V, o.sampling, o.first_sequence + static_cast<std::uint64_t>(slot), 0);
       c.tokens.push_back(s.token);
       c.logprobs.push_back(s.logprob);
       c.policy_logprobs.push_back(s.policy_logprob);
@@ -86,7 +89,7 @@ std::vector<Completion> generate(Decoder<B, P> const& model, std::vector<std::ve
   TINYLORA_CHECK(o.sampling.greedy || o.sampling.temperature > 0, "generate(): temperature must be > 0 (got ",
                  o.sampling.temperature, "). Hint: use greedy decoding instead.");
   for (Index step = 1; !active.empty(); ++step) {
-    std::vector<Sampled> const drawn = model.decode_sample(next, active, cache, o.sampling, static_cast<std::uint64_t>(step));
+    std::vector<Sampled> const drawn = model.decode_sample(next, active, cache, o.sampling, static_cast<std::uint64_t>(step), o.first_sequence);
     std::vector<Index> still;
     std::vector<std::int32_t> following;
     for (std::size_t i = 0; i < active.size(); ++i) {

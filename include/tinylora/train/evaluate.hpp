@@ -1,6 +1,8 @@
 // tinylora/train/evaluate.hpp: greedy pass@1 on a question/answer dataset, the paper's accuracy
 // metric: each question through the chat template, greedy decoding to a stop token, the final answer
-// extracted by a rule and matched exactly against GSM8K's "#### <answer>"; and the HDF5 record of it.
+// extracted by a rule and matched exactly against GSM8K's "#### <answer>"; optionally also G sampled
+// completions per question at temperature T, scored the same way, for pass@k (Chen et al. 2021's
+// unbiased estimator); and the HDF5 record of it.
 #pragma once
 
 #include <algorithm>
@@ -34,9 +36,11 @@ inline std::vector<std::int32_t> chat_stop_ids(text::Tokenizer const& tok, model
 }
 
 /// The prompt format of a model: its own ChatML template (and default system prompt) when the
-/// tokenizer carries one, else SmolLM2's; the default instruction either way.
-inline data::PromptFormat prompt_format_for(text::Tokenizer const& tok) {
+/// tokenizer carries one, else SmolLM2's; the instruction appended to each question (default: the
+/// experiments' "Solve the problem step by step. ... '#### <number>'."; empty: the bare question).
+inline data::PromptFormat prompt_format_for(text::Tokenizer const& tok, std::string instruction = data::kDefaultInstruction) {
   data::PromptFormat f;
+  f.instruction = std::move(instruction);
   if (tok.chat_template().find("<|im_start|>") != std::string::npos) f.chat = text::ChatTemplate::from_jinja(tok.chat_template());
   return f;
 }
@@ -49,6 +53,9 @@ struct EvalOptions {
   bool keep_completions = false;  // per-example text in the result
   bool progress = false;          // a line per batch on stdout
   std::optional<std::vector<std::int32_t>> stop_ids;  // default: chat_stop_ids(tok, model config)
+  Index samples = 0;              // G sampled completions per example besides the greedy one (0: none)
+  float temperature = 1.0f;       // of the sampled completions
+  std::uint64_t seed = 0;         // of the sampled completions: example i's sample g draws as sequence i G + g
 };
 
 /// One scored example. The completion text is the generated tokens without the final stop token,
@@ -70,6 +77,30 @@ struct EvalResult {
   double accuracy() const { return n > 0 ? static_cast<double>(n_correct) / static_cast<double>(n) : 0.0; }
   std::vector<EvalExample> examples;  // (n) filled when keep_completions
   std::vector<std::uint8_t> correct;  // (n) always filled
+  // sampled completions (when samples > 0)
+  Index samples = 0;
+  float temperature = 1.0f;
+  std::uint64_t seed = 0;
+  std::vector<std::int32_t> correct_samples;  // (n) how many of the G samples are correct
+  double sample_mean_tokens = 0;
+  std::vector<std::string> sample_completions;  // (n G) example-major, filled when keep_completions
+
+  /// pass@k from G samples per example: the mean over examples of 1 - C(G - c, k) / C(G, k)
+  /// (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1), k <= G; pass@G
+  /// is the fraction of examples with a correct sample, pass@1 the mean fraction of correct samples.
+  double pass_at(Index k) const {
+    TINYLORA_CHECK(samples >= 1 && k >= 1 && k <= samples, "EvalResult::pass_at(): k = ", k, " needs 1 <= k <= G = ", samples,
+                   " samples per example. Hint: evaluate with samples >= k.");
+    double sum = 0;
+    for (std::int32_t c : correct_samples) {
+      double miss = 1;  // C(G - c, k) / C(G, k) = prod_{i = G - c + 1}^{G} (1 - k / i)
+      if (static_cast<Index>(c) > samples - k) miss = 0;
+      else
+        for (Index i = samples - c + 1; i <= samples; ++i) miss *= 1.0 - static_cast<double>(k) / static_cast<double>(i);
+      sum += 1.0 - miss;
+    }
+    return correct_samples.empty() ? 0.0 : sum / static_cast<double>(correct_samples.size());
+  }
 };
 
 /// Scores one completion against a dataset example under `rule`; exactly the GRPO reward:
@@ -100,10 +131,23 @@ EvalResult evaluate(model::Decoder<B, P> const& m, text::Tokenizer const& tok, s
   g.stop_ids = o.stop_ids ? *o.stop_ids : chat_stop_ids(tok, m.config());
   g.sampling.greedy = true;
 
+  TINYLORA_CHECK(o.samples >= 0 && (o.samples == 0 || o.temperature > 0), "evaluate(): samples must be >= 0 and the temperature > 0 (got ",
+                 o.samples, ", ", o.temperature, ")");
+  model::GenerationOptions sampled = g;
+  sampled.n_samples = std::max<Index>(1, o.samples);
+  sampled.sampling.greedy = false;
+  sampled.sampling.temperature = o.temperature;
+  sampled.sampling.seed = o.seed;
+
   auto const start = std::chrono::steady_clock::now();
   EvalResult r;
   r.n = static_cast<Index>(examples.size());
   r.correct.assign(examples.size(), 0);
+  r.samples = o.samples;
+  r.temperature = o.temperature;
+  r.seed = o.seed;
+  if (o.samples > 0) r.correct_samples.assign(examples.size(), 0);
+  double sample_tokens = 0;
   double total_tokens = 0;
   std::size_t const batch = static_cast<std::size_t>(o.batch_size);
   std::size_t const n_batches = (examples.size() + batch - 1) / batch;
@@ -126,6 +170,18 @@ EvalResult evaluate(model::Decoder<B, P> const& m, text::Tokenizer const& tok, s
       r.n_correct += e.correct ? 1 : 0;
       if (o.keep_completions) r.examples.push_back(std::move(e));
     }
+    if (o.samples > 0) {
+      sampled.first_sequence = static_cast<std::uint64_t>(first) * static_cast<std::uint64_t>(o.samples);
+      for (auto const& c : model::generate(m, prompts, sampled)) {  // prompt-major, G each
+        std::size_t const n_text = c.tokens.size() - (c.stopped ? 1 : 0);
+        auto const body = std::span<std::int32_t const>(c.tokens).first(n_text);
+        std::size_t const i = first + static_cast<std::size_t>(c.prompt);
+        auto e = score_completion(tok.decode(body, true), examples[i], o.rule);
+        r.correct_samples[i] += e.correct ? 1 : 0;
+        if (o.keep_completions) r.sample_completions.push_back(std::move(e.completion));
+        sample_tokens += static_cast<double>(c.tokens.size());
+      }
+    }
     if (o.progress) {
       double const elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       std::printf("[batch %zu/%zu] %zu examples, %td correct, %.0f tokens, %.1f tokens/s\n", first / batch + 1, n_batches, last,
@@ -134,14 +190,17 @@ EvalResult evaluate(model::Decoder<B, P> const& m, text::Tokenizer const& tok, s
     }
   }
   r.mean_tokens = r.n > 0 ? total_tokens / static_cast<double>(r.n) : 0.0;
+  r.sample_mean_tokens = r.n > 0 && o.samples > 0 ? sample_tokens / static_cast<double>(r.n * o.samples) : 0.0;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }
 
 /// Writes a result under `group` of an HDF5 file: attrs n, n_correct, accuracy, mean_tokens, seconds;
 /// dataset correct (n, uint8); and when kept, string datasets completions/predicted/reference with
-/// n_tokens (n, int64) and stopped (n, uint8). The attributes come last, so a group that has
-/// "accuracy" is complete.
+/// n_tokens (n, int64) and stopped (n, uint8); with samples, dataset correct_samples (n, int32) (and
+/// when kept, sample_completions (n G), example-major) and
+/// attrs samples, temperature, sample_seed, sample_mean_tokens, pass_at_1 (sampled) and
+/// pass_at_<G>. The attributes come last, so a group that has "accuracy" is complete.
 inline void write_eval(io::ResultFile& f, std::string const& group, EvalResult const& r) {
   TINYLORA_CHECK(r.correct.size() == static_cast<std::size_t>(r.n), "write_eval(): result has ", r.correct.size(),
                  " correctness flags for n = ", r.n, ". Hint: write the EvalResult that evaluate() returned.");
@@ -165,6 +224,16 @@ inline void write_eval(io::ResultFile& f, std::string const& group, EvalResult c
     f.write_strings(group + "/reference", reference);
     f.write(group + "/n_tokens", n_tokens);
     f.write(group + "/stopped", stopped);
+  }
+  if (r.samples > 0) {
+    f.write(group + "/correct_samples", r.correct_samples);
+    if (!r.sample_completions.empty()) f.write_strings(group + "/sample_completions", r.sample_completions);
+    f.set_attr(group, "samples", static_cast<std::int64_t>(r.samples));
+    f.set_attr(group, "temperature", static_cast<double>(r.temperature));
+    f.set_attr(group, "sample_seed", static_cast<std::int64_t>(r.seed));
+    f.set_attr(group, "sample_mean_tokens", r.sample_mean_tokens);
+    f.set_attr(group, "pass_at_1", r.pass_at(1));
+    f.set_attr(group, "pass_at_" + std::to_string(r.samples), r.pass_at(r.samples));
   }
   f.set_attr(group, "n", static_cast<std::int64_t>(r.n));
   f.set_attr(group, "n_correct", static_cast<std::int64_t>(r.n_correct));

@@ -41,7 +41,9 @@ concept Trainer = requires(T t, T const ct, Index s, io::Checkpoint& out, io::Ch
 };
 
 /// The metrics of a run in its HDF5 file: `<prefix>metrics/<name>` (steps) and `<prefix>theta`
-/// (steps, b), each a resumable grid whose point s is written (and flushed) when step s finishes.
+/// (steps, b), each a resumable grid whose point s is written (and flushed) when step s finishes;
+/// and the wall-clock split of each step, `<prefix>timing/<name>` in seconds (steps): the one part
+/// of a run that a rerun does not reproduce (tests/scripts/compare_h5.py skips it).
 class TrainLog {
  public:
   TrainLog(io::ResultFile& file, Index total_steps, Index b, std::string prefix = "")
@@ -56,10 +58,14 @@ class TrainLog {
     for (std::size_t k = 0; k < theta.size(); ++k) theta_->store(static_cast<std::size_t>(step) * theta.size() + k, theta[k]);
   }
 
+  void record_timing(Index step, Metrics const& seconds) {
+    for (auto const& [name, value] : seconds) series("timing/" + name, "").store(static_cast<std::size_t>(step), value);
+  }
+
  private:
-  io::ResumableGrid& series(std::string const& name) {
-    auto it = series_.find(name);
-    if (it == series_.end()) it = series_.emplace(name, file_.resumable(prefix_ + "metrics/" + name, {steps_})).first;
+  io::ResumableGrid& series(std::string const& name, std::string const& folder = "metrics/") {
+    auto it = series_.find(folder + name);
+    if (it == series_.end()) it = series_.emplace(folder + name, file_.resumable(prefix_ + folder + name, {steps_})).first;
     return it->second;
   }
 
@@ -148,6 +154,9 @@ Index run_steps(T& trainer, TrainLog& log, LoopOptions const& o) {
                      "). Nothing after the last checkpoint was kept. Hint: lower the learning rate or enable gradient clipping.");
     log.record(s, m, trainer.theta());
     double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    Metrics timing{{"step", seconds}};
+    if constexpr (requires { trainer.last_timing(); }) timing.insert(timing.end(), trainer.last_timing().begin(), trainer.last_timing().end());
+    log.record_timing(s, timing);
     if (o.progress) {
       std::printf("[step %td/%td]", s + 1, total);
       for (auto const& [name, value] : m) std::printf(" %s=%.5g", name.c_str(), value);
