@@ -1,10 +1,13 @@
 // 02_budget_sweep: GRPO at budget b = 13 over a learning-rate grid (the paper's sweep, default
 // {1e-7, 5e-7, 1e-6, 5e-6, 1e-5, 1e-4, 2e-4}). Each cell starts from theta = 0, trains, and is scored
 // by greedy pass@1 on a validation slice cut from the TRAINING file (after the training examples);
-// the best cell's theta, and the untrained baseline, are then evaluated once on the held-out test
+// the best cell (ties on validation broken by the training reward of its last quarter of steps,
+// train::select_on_validation) and the untrained baseline are then evaluated once on the held-out test
 // split. The test split never chooses anything. Resumes per cell, and within a cell per step.
 //   build/release/experiments/02_budget_sweep --prompts 8 --max-new-tokens 128 --max-steps 20 --out results/sweep.h5
 #include <cstdio>
+#include <numeric>
+#include <vector>
 
 #include "common/grpo_options.hpp"
 #include "common/recipe_main.hpp"
@@ -84,12 +87,17 @@ int sweep(int argc, char** argv) {
   }
   // The table, the best cell on validation, and its test accuracy beside the baseline's.
   auto const acc = val_accuracy.values();
-  std::size_t best = 0;
-  std::printf("\n%-12s %s\n", "lr", "validation pass@1");
+  std::vector<double> validation(acc.data(), acc.data() + grid.size()), late_reward;  // (cells) each
   for (std::size_t c = 0; c < grid.size(); ++c) {
-    std::printf("%-12g %.4f\n", static_cast<double>(grid[c]), acc.data()[c]);
-    if (acc.data()[c] > acc.data()[best]) best = c;
+    auto const reward = file.template read_vector<double>("cells/" + std::to_string(c) + "/metrics/reward_mean");  // (steps)
+    std::size_t const tail = std::max<std::size_t>(1, reward.size() / 4);
+    late_reward.push_back(std::accumulate(reward.end() - static_cast<std::ptrdiff_t>(tail), reward.end(), 0.0) / static_cast<double>(tail));
   }
+  std::size_t const best = train::select_on_validation(validation, late_reward);
+  std::printf("\n%-12s %-18s %s\n", "lr", "validation pass@1", "training reward, last quarter (breaks ties)");
+  for (std::size_t c = 0; c < grid.size(); ++c)
+    std::printf("%-12g %-18.4f %.4f%s\n", static_cast<double>(grid[c]), validation[c], late_reward[c], c == best ? "  <- selected" : "");
+  if (!file.has("late_train_reward")) file.write("late_train_reward", late_reward);
   file.set_attr("/", "best_cell", static_cast<std::int64_t>(best));
   file.set_attr("/", "best_lr", static_cast<double>(grid[best]));
   policy.set_enabled(false);

@@ -41,8 +41,10 @@ using Evaluated = Recipe<adapters::TinyLora<Convention>, Tie, Precision, Optimiz
 using Recipes = TypeList<Evaluated<adapters::Paper>, Evaluated<adapters::Reference>, Evaluated<adapters::Peft>, Evaluated<adapters::Fork>>;
 
 struct Options {
-  std::string model = cli::default_model_path(), data = "data/arith/test.jsonl";
-  std::string question_field = "question", answer_field = "answer", rule = "paper-fork";
+  // Defaults: the task ladder's calibrated level (data/ladder/README.md: the level where the base
+  // model's greedy pass@1 lies in 15-60 %), scored on the last number; the paper's: --rule paper-fork.
+  std::string model = cli::default_model_path(), data = "data/ladder/L1_test.jsonl";
+  std::string question_field = "question", answer_field = "answer", rule = "last-number";
   std::string theta, run, out = "results/05_evaluate.h5";
   std::string instruction = data::kDefaultInstruction;
   std::size_t limit = 0, offset = 0;
@@ -217,7 +219,7 @@ template <class R>
 int evaluate_main(int argc, char** argv) {
   Options o;
   namespace po = cli::po;
-  po::options_description desc("options (defaults: the whole arithmetic test split, the paper's answer rule)");
+  po::options_description desc("options (defaults: the calibrated ladder level L1's test split, scored on the last number)");
   desc.add_options()("model", po::value(&o.model)->default_value(o.model), "GGUF model file or Hugging Face folder")(
       "data", po::value(&o.data)->default_value(o.data), "JSONL question/answer file")(
       "question-field", po::value(&o.question_field)->default_value(o.question_field), "JSON field of the question")(

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "../support.hpp"
@@ -492,4 +493,16 @@ TEST_CASE("a composed reward is logged term by term; the step's time split is re
   }
   CHECK(timing["generation"] > 0.0);
   CHECK(timing["forward_backward"] > 0.0);
+}
+
+TEST_CASE("select_on_validation: the best validation score, ties broken by the training reward, then the first; NaN never wins") {
+  using train::select_on_validation;
+  CHECK(select_on_validation(std::vector<double>{0.1, 0.3, 0.2}, std::vector<double>{9, 0, 9}) == 1);
+  CHECK(select_on_validation(std::vector<double>{0.0, 0.0, 0.0}, std::vector<double>{0.1, 0.4, 0.2}) == 1);  // all tied at 0
+  CHECK(select_on_validation(std::vector<double>{0.5, 0.5}, std::vector<double>{0.2, 0.2}) == 0);
+  double const nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK(select_on_validation(std::vector<double>{nan, 0.0}, std::vector<double>{1, 0}) == 1);
+  CHECK(select_on_validation(std::vector<double>{0.2, 0.2}, std::vector<double>{nan, 0.1}) == 1);
+  CHECK_THROWS_WITH_AS(select_on_validation(std::vector<double>{0.2}, std::vector<double>{}), doctest::Contains("1 validation scores and 0"),
+                       Error);
 }

@@ -14,6 +14,7 @@
 #include <map>
 #include <numeric>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -172,6 +173,21 @@ Index run_steps(T& trainer, TrainLog& log, LoopOptions const& o) {
     }
   }
   return first;
+}
+
+/// The cell a sweep picks: the highest validation score; among cells tied on it (small validation
+/// sets often tie, e.g. all at 0), the highest tie-break score (the sweep uses the mean training
+/// reward of each cell's last quarter of steps); then the first. NaN scores never win.
+inline std::size_t select_on_validation(std::span<double const> validation, std::span<double const> tie_break) {
+  TINYLORA_CHECK(!validation.empty() && validation.size() == tie_break.size(), "select_on_validation(): ", validation.size(),
+                 " validation scores and ", tie_break.size(), " tie-break scores (expected as many, at least one)");
+  auto const better = [](double a, double b) { return !std::isnan(a) && (std::isnan(b) || a > b); };
+  std::size_t best = 0;
+  for (std::size_t c = 1; c < validation.size(); ++c) {
+    if (better(validation[c], validation[best])) best = c;
+    else if (validation[c] == validation[best] && better(tie_break[c], tie_break[best])) best = c;
+  }
+  return best;
 }
 
 /// The run identity check shared by the experiments: a result file made with other options is

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -58,7 +59,12 @@ class SftTrainer {
   /// The examples of step s (epoch by epoch, each in its own seeded order).
   std::vector<Index> batch_indices(Index s) const { return epoch_batch(o_.seed, 2000, examples_.size(), o_.batch_size, s); }
 
+  /// The wall-clock split of the last step (seconds), logged under timing/ by the loop.
+  Metrics const& last_timing() const { return timing_; }
+
   Metrics step(Index s) {
+    using clock = std::chrono::steady_clock;
+    auto const t0 = clock::now();
     policy_.set_enabled(true);
     policy_.set_theta(trainable_.theta());
     auto const idx = batch_indices(s);
@@ -85,6 +91,7 @@ class SftTrainer {
       auto const g = policy_.adapter_set().gradient();
       for (std::size_t k = 0; k < grad.size(); ++k) grad[k] += g[k];
     }
+    auto const t1 = clock::now();
     double const loss = sum_nll / static_cast<double>(n_tokens);
     double const norm = o_.grad_clip > 0 ? optim::clip_global_norm(grad, o_.grad_clip) : optim::global_norm(grad);
     TINYLORA_CHECK(std::isfinite(loss) && std::isfinite(norm), "SftTrainer: step ", s, " has a non-finite loss (", loss,
@@ -92,6 +99,8 @@ class SftTrainer {
     float const lr = schedule_.lr(s);
     trainable_.step(grad, lr);
     policy_.set_theta(trainable_.theta());
+    timing_ = {{"forward_backward", std::chrono::duration<double>(t1 - t0).count()},
+               {"optimizer", std::chrono::duration<double>(clock::now() - t1).count()}};
     return {{"loss", loss}, {"n_tokens", static_cast<double>(n_tokens)}, {"grad_norm", norm}, {"lr", lr}};
   }
 
@@ -102,6 +111,7 @@ class SftTrainer {
   optim::Trainable<P, O> trainable_;
   Index total_ = 0;
   optim::LrSchedule schedule_;
+  Metrics timing_;
 };
 
 }  // namespace tinylora::train
