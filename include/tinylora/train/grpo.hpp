@@ -528,10 +528,8 @@ class GrpoTrainer {
  private:
   /// The prompts of dynamic-sampling round k >= 1 of step s: a permutation keyed by (seed, s, k).
   std::vector<Index> resample_indices(Index s, Index round) const {
-    std::vector<Index> order(prompts_.size());
-    std::iota(order.begin(), order.end(), Index{0});
-    CounterRng const rng(o_.seed, streams::of(streams::kData, 0x100000000ull / 2 + static_cast<std::uint64_t>(s) * 64 + static_cast<std::uint64_t>(round)));
-    for (std::size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng.bits64(i) % (i + 1)]);
+    auto order = seeded_permutation(o_.seed, 0x100000000ull / 2 + static_cast<std::uint64_t>(s) * 64 + static_cast<std::uint64_t>(round),
+                                    prompts_.size());
     order.resize(static_cast<std::size_t>(o_.prompts_per_step));
     return order;
   }

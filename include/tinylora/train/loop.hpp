@@ -80,14 +80,20 @@ class TrainLog {
 /// The items of step s when n items are read `batch` at a time, epoch after epoch, each epoch in
 /// its own seeded permutation (Fisher-Yates keyed by (seed, stream_base + epoch)): a step's data
 /// depends on (seed, s) alone, so a resumed run reads what an uninterrupted one would.
+/// A permutation of 0..n-1 (Fisher-Yates keyed by (seed, data stream `stream`)).
+inline std::vector<Index> seeded_permutation(std::uint64_t seed, std::uint64_t stream, std::size_t n) {
+  std::vector<Index> order(n);
+  std::iota(order.begin(), order.end(), Index{0});
+  CounterRng const rng(seed, streams::of(streams::kData, stream));
+  for (std::size_t i = n - 1; i > 0 && n > 0; --i) std::swap(order[i], order[rng.bits64(i) % (i + 1)]);
+  return order;
+}
+
 inline std::vector<Index> epoch_batch(std::uint64_t seed, std::uint64_t stream_base, std::size_t n, Index batch, Index s) {
   Index const steps_per_epoch = static_cast<Index>(n) / batch;
   TINYLORA_CHECK(steps_per_epoch >= 1, "epoch_batch(): ", n, " items do not fill one batch of ", batch);
   Index const epoch = s / steps_per_epoch, pos = s % steps_per_epoch;
-  std::vector<Index> order(n);
-  std::iota(order.begin(), order.end(), Index{0});
-  CounterRng const rng(seed, streams::of(streams::kData, stream_base + static_cast<std::uint64_t>(epoch)));
-  for (std::size_t i = n - 1; i > 0; --i) std::swap(order[i], order[rng.bits64(i) % (i + 1)]);
+  auto const order = seeded_permutation(seed, stream_base + static_cast<std::uint64_t>(epoch), n);
   return {order.begin() + pos * batch, order.begin() + (pos + 1) * batch};
 }
 
