@@ -56,9 +56,9 @@ void run(Options const& o) {
   for (auto const& ex : qa) examples.push_back(data::make_supervised(tok, {}, ex, net.config().eos, o.max_length));
 
   train::SurfacePlan surface{train::linspace(o.vmin, o.vmax, o.grid), train::linspace(o.vmin, o.vmax, o.grid),
-                             o.center.empty() ? std::vector<float>(static_cast<std::size_t>(b), 0.0f) : cli::parse_floats(o.center),
-                             o.direction1.empty() ? std::vector<float>(static_cast<std::size_t>(b), 0.0f) : cli::parse_floats(o.direction1),
-                             o.direction2.empty() ? std::vector<float>(static_cast<std::size_t>(b), 0.0f) : cli::parse_floats(o.direction2)};
+                             o.center.empty() ? std::vector<float>(static_cast<std::size_t>(b), 0.0f) : cli::parse_floats(o.center, "center"),
+                             o.direction1.empty() ? std::vector<float>(static_cast<std::size_t>(b), 0.0f) : cli::parse_floats(o.direction1, "direction1"),
+                             o.direction2.empty() ? std::vector<float>(static_cast<std::size_t>(b), 0.0f) : cli::parse_floats(o.direction2, "direction2")};
   if (o.direction1.empty()) surface.d1[0] = 1.0f;
   if (o.direction2.empty()) surface.d2[std::min<std::size_t>(1, surface.d2.size() - 1)] = 1.0f;
   TINYLORA_CHECK(surface.center.size() == static_cast<std::size_t>(b) && surface.d1.size() == static_cast<std::size_t>(b) &&

@@ -23,7 +23,9 @@ using Tie = tying::Tiling;
 using Precision = precision::Fp32;
 using Optimizer = optim::AdamW;
 using Backend = backend::Default;  // backend::Cpu; backend::Cuda under the cuda preset (backend/default.hpp)
-using Recipes = TypeList<Recipe<Adapter, Tie, Precision, Optimizer, Backend>>;  // more: --recipe picks one
+// The second recipe is the larger adapter of the RL result (scripts/rl-result): LoRA-XS, r x r per module.
+using Recipes = TypeList<Recipe<Adapter, Tie, Precision, Optimizer, Backend>,
+                         Recipe<adapters::LoraXs, Tie, Precision, Optimizer, Backend>>;  // --recipe picks one
 
 template <class Experiment>
 int sweep(int argc, char** argv) {
@@ -31,34 +33,29 @@ int sweep(int argc, char** argv) {
   run.limit = 256;
   cli::GrpoCli grpo;
   std::string lrs = "1e-7,5e-7,1e-6,5e-6,1e-5,1e-4,2e-4";
-  std::size_t val_limit = 64;
   namespace po = cli::po;
   po::options_description desc("options (GRPO defaults: the paper's GSM8K run; size --prompts and --max-new-tokens to the machine)");
   cli::add_train_run_options(desc, run);
   cli::add_grpo_options(desc, grpo);
   desc.add_options()("lrs", po::value(&lrs)->default_value(lrs), "learning rates, comma-separated")(
-      "val-limit", po::value(&val_limit)->default_value(val_limit),
-      "validation examples, taken from --data right after the --offset + --limit training examples")(
       "out", po::value(&run.out)->default_value(run.out), "HDF5 result file (resumed if present)");
   if (!cli::parse(argc, argv, desc, "02_budget_sweep: GRPO learning-rate sweep at a fixed budget, selected on validation")) return 0;
   cli::finish_grpo_options(grpo, run.rule, run.seed);
-  auto const grid = cli::parse_floats(lrs);
-  TINYLORA_CHECK(!grid.empty() && run.limit > 0 && val_limit > 0, "02_budget_sweep: need at least one learning rate, --limit > 0 and --val-limit > 0");
+  auto const grid = cli::parse_floats(lrs, "lrs");
+  TINYLORA_CHECK(!grid.empty() && run.limit > 0 && run.val_limit > 0, "02_budget_sweep: need at least one learning rate, --limit > 0 and --val-limit > 0");
 
   auto net = model::Decoder<typename Experiment::backend, typename Experiment::precision>::load(run.model);
   auto const tok = text::load_tokenizer(run.model);
   grpo.grpo.format = train::prompt_format_for(tok, run.instruction);
   model::AdaptedModel<Experiment> policy(net, cli::adapter_spec(run));
   auto const train_set = cli::load_train(run);
-  auto const val_set = data::load_qa_jsonl(run.data, {run.question_field, run.answer_field, run.offset + run.limit, val_limit, false, run.seed});
+  auto const val_set = cli::load_validation(run);
   auto const test_set = cli::load_eval(run);
-  TINYLORA_CHECK(val_set.size() == val_limit, "02_budget_sweep: '", run.data, "' has only ", val_set.size(),
-                 " examples after the training ones (wanted --val-limit ", val_limit, "). Hint: lower --limit or --val-limit.");
   std::printf("%s: b = %td (%s), %zu training prompts, %zu validation, %zu test; %zu learning rates\n", Experiment::describe().c_str(),
               policy.count(), policy.plan().tie.describe().c_str(), train_set.size(), val_set.size(), test_set.size(), grid.size());
 
   std::string const identity = "02_budget_sweep " + cli::train_run_identity(run) + " recipe=" + Experiment::describe() +
-                               cli::grpo_identity(grpo) + " lrs=" + lrs + " val_limit=" + std::to_string(val_limit);
+                               cli::grpo_identity(grpo) + " lrs=" + lrs + " val_limit=" + std::to_string(run.val_limit);
   auto file = cli::open_run_file(run, "02_budget_sweep", identity, policy);
   if (!file.has("lrs")) file.write("lrs", std::vector<double>(grid.begin(), grid.end()));
   auto val_accuracy = file.resumable("val_accuracy", {grid.size()});
@@ -78,8 +75,12 @@ int sweep(int argc, char** argv) {
     train::GrpoTrainer<Experiment> trainer(policy, tok, train_set, train::chat_stop_ids(tok, net.config()), options);
     train::TrainLog log(file, trainer.total_steps(), policy.count(), cell);
     train::run_steps(trainer, log,
-                     {cli::checkpoint_dir(run) / ("cell-" + std::to_string(c)), run.checkpoint_every, static_cast<std::size_t>(run.keep_last),
-                      identity + " cell=" + std::to_string(c), c == 0 ? run.die_at_step : -1, true});
+                     cli::with_validation({.checkpoint_dir = cli::checkpoint_dir(run) / ("cell-" + std::to_string(c)),
+                                           .checkpoint_every = run.checkpoint_every,
+                                           .keep_last = static_cast<std::size_t>(run.keep_last),
+                                           .run_identity = identity + " cell=" + std::to_string(c),
+                                           .die_at_step = c == 0 ? run.die_at_step : -1},
+                                          net, tok, val_set, run));
     double const acc = cli::evaluate_once(file, cell + "eval/validation", net, tok, val_set, run);
     auto const th = trainer.theta();
     for (std::size_t k = 0; k < th.size(); ++k) theta.store(c * th.size() + k, th[k]);
@@ -101,7 +102,7 @@ int sweep(int argc, char** argv) {
   file.set_attr("/", "best_cell", static_cast<std::int64_t>(best));
   file.set_attr("/", "best_lr", static_cast<double>(grid[best]));
   policy.set_enabled(false);
-  double const baseline = cli::evaluate_once(file, "eval/baseline", net, tok, test_set, run);
+  double const baseline = cli::baseline_once(file, net, tok, test_set, run);
   policy.set_enabled(true);
   auto const all_theta = theta.values();
   std::vector<float> best_theta(static_cast<std::size_t>(policy.count()));

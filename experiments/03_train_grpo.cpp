@@ -22,7 +22,9 @@ using Tie = tying::Tiling;
 using Precision = precision::Fp32;
 using Optimizer = optim::AdamW;
 using Backend = backend::Default;  // backend::Cpu; backend::Cuda under the cuda preset (backend/default.hpp)
-using Recipes = TypeList<Recipe<Adapter, Tie, Precision, Optimizer, Backend>>;  // more: --recipe picks one
+// The second recipe is the larger adapter of the RL result (scripts/rl-result): LoRA-XS, r x r per module.
+using Recipes = TypeList<Recipe<Adapter, Tie, Precision, Optimizer, Backend>,
+                         Recipe<adapters::LoraXs, Tie, Precision, Optimizer, Backend>>;  // --recipe picks one
 
 template <class Experiment>
 int train_grpo(int argc, char** argv) {

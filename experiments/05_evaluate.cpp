@@ -138,7 +138,7 @@ void run(Options const& o, data::ExtractRule rule) {
                 run_file.has_attr("/", "git_revision") ? run_file.get_attr<std::string>("/", "git_revision").c_str() : "?",
                 adapted->plan().describe().c_str());
   } else if (!o.theta.empty()) {
-    theta = cli::parse_floats(o.theta);
+    theta = cli::parse_floats(o.theta, "theta");
     auto spec = model::AdapterSpec::of_budget(o.budget);
     spec.options.seed = o.seed;
     adapted = std::make_unique<model::AdaptedModel<R>>(net, spec);

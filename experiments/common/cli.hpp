@@ -8,7 +8,9 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <stdexcept>
 #include <string>
+#include <typeinfo>
 
 #include "tinylora/backend/cpu/blas_kernel.hpp"
 #include "tinylora/config.hpp"
@@ -29,12 +31,34 @@ inline bool& takes_recipe_option() {
   return on;
 }
 
+/// Whether an option's value is an unsigned integer (which Boost would parse "-1" into, wrapped).
+inline bool takes_unsigned(po::option_description const& d) {
+  auto const* typed = dynamic_cast<po::typed_value_base const*>(d.semantic().get());
+  if (typed == nullptr) return false;
+  std::type_info const& t = typed->value_type();
+  return t == typeid(unsigned) || t == typeid(unsigned long) || t == typeid(unsigned long long) || t == typeid(unsigned short);
+}
+
 /// Parses argv into `desc`'s variables. Returns false (after printing help) when --help was given.
+/// Strict: unknown options, tokens that are not options (a typo such as `01_loss_surface typo`
+/// would otherwise start the default run) and negative values of unsigned options are errors that
+/// name the token.
 inline bool parse(int argc, char** argv, po::options_description& desc, std::string const& usage) {
   desc.add_options()("help,h", "print this help and exit");
   po::variables_map vm;
   try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
+    auto const parsed = po::command_line_parser(argc, argv).options(desc).run();
+    for (auto const& o : parsed.options) {
+      if (o.position_key >= 0 || o.string_key.empty())
+        throw std::invalid_argument("unexpected argument '" + (o.original_tokens.empty() ? std::string("?") : o.original_tokens.front()) +
+                                    "': every argument is an option (--name value). Hint: run with --help to see the options.");
+      po::option_description const* d = desc.find_nothrow(o.string_key, false);
+      if (d != nullptr && takes_unsigned(*d))
+        for (auto const& v : o.value)
+          if (!v.empty() && v.front() == '-')
+            throw std::invalid_argument("--" + o.string_key + " must be a whole number >= 0 (got '" + v + "')");
+    }
+    po::store(parsed, vm);
   } catch (po::error const& e) {
     throw std::invalid_argument(std::string(e.what()) + ". Hint: run with --help to see the options.");
   }

@@ -47,6 +47,7 @@ inline void add_grpo_options(po::options_description& desc, GrpoCli& o) {
       "max-sampling-rounds", po::value(&g.max_sampling_rounds)->default_value(g.max_sampling_rounds),
       "with dynamic sampling: rollout rounds per step at most")(
       "kl-coef", po::value(&g.kl_coef)->default_value(g.kl_coef), "k3 KL penalty to the base model (0: off)")(
+      "measure-kl", po::bool_switch(&g.measure_kl), "log the k3 KL to the base model every step even with --kl-coef 0 (one more forward per step)")(
       "warmup", po::value(&g.warmup_fraction)->default_value(g.warmup_fraction), "warm-up fraction of the steps")(
       "grad-clip", po::value(&g.grad_clip)->default_value(g.grad_clip), "max gradient norm (0: off)")(
       "minibatches", po::value(&g.n_minibatches)->default_value(g.n_minibatches), "optimizer steps per rollout batch")(
@@ -81,7 +82,8 @@ inline std::string grpo_identity(GrpoCli const& o) {
   return " prompts=" + std::to_string(g.prompts_per_step) + " group=" + std::to_string(g.group_size) + " T=" + std::to_string(g.temperature) +
          " max_new=" + std::to_string(g.max_new_tokens) + " " + g.describe_objective() + " warmup=" + std::to_string(g.warmup_fraction) +
          " grad_clip=" + std::to_string(g.grad_clip) + " minibatches=" + std::to_string(g.n_minibatches) + " epochs=" + std::to_string(g.epochs) +
-         " max_steps=" + std::to_string(g.max_steps) + " instruction=" + g.format.instruction;
+         " max_steps=" + std::to_string(g.max_steps) + " instruction=" + g.format.instruction +
+         (g.measure_kl ? " measure_kl" : "");
 }
 
 }  // namespace tinylora::cli

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -42,16 +43,23 @@ inline std::string model_fingerprint(std::string const& path) {
   return known[path] = "folder:" + sha256_hex(listing);
 }
 
-/// "0.1,-2,3" -> {0.1, -2, 3}
-inline std::vector<float> parse_floats(std::string const& s) {
+/// "0.1,-2,3" -> {0.1, -2, 3}: finite numbers only; errors name the option and the bad item.
+inline std::vector<float> parse_floats(std::string const& s, char const* option) {
   std::vector<float> out;
   std::size_t pos = 0;
   while (pos < s.size()) {
     std::size_t const next = s.find(',', pos);
     std::string const item = s.substr(pos, next == std::string::npos ? std::string::npos : next - pos);
     std::size_t used = 0;
-    float const v = std::stof(item, &used);
-    if (used != item.size()) throw std::invalid_argument("'" + item + "' is not a number");
+    float v = 0;
+    try {
+      v = std::stof(item, &used);
+    } catch (std::exception const&) {  // std::invalid_argument ("abc", ""), std::out_of_range ("1e99")
+      used = 0;
+    }
+    if (used == 0 || used != item.size())
+      throw std::invalid_argument(std::string("--") + option + ": '" + item + "' is not a number (in '" + s + "')");
+    if (!std::isfinite(v)) throw std::invalid_argument(std::string("--") + option + ": '" + item + "' is not a finite number (in '" + s + "')");
     out.push_back(v);
     if (next == std::string::npos) break;
     pos = next + 1;
@@ -62,7 +70,7 @@ inline std::vector<float> parse_floats(std::string const& s) {
 /// "1,2,4" -> {1, 2, 4}; each must be a whole number >= 1.
 inline std::vector<Index> parse_counts(std::string const& s, char const* option) {
   std::vector<Index> out;
-  for (float v : parse_floats(s)) {
+  for (float v : parse_floats(s, option)) {
     if (!(v >= 1.0f) || v != static_cast<float>(static_cast<Index>(v)))
       throw std::invalid_argument(std::string("--") + option + ": '" + s + "' must list whole numbers >= 1");
     out.push_back(static_cast<Index>(v));

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -19,6 +20,7 @@
 #include "../support.hpp"
 #include "tinylora/io/gguf.hpp"
 #include "tinylora/io/quant.hpp"
+#include "tinylora/model/config.hpp"
 
 namespace {
 
@@ -499,6 +501,27 @@ TEST_CASE("gguf: a small hand-built file (v2 and v3) opens and reads back") {
   CHECK(f.alignment() == 128);
   CHECK(f.data_offset() % 128 == 0);
   CHECK(f.get<std::vector<std::string>>("empty").empty());
+}
+
+TEST_CASE("gguf: a model config with a zero head count or a non-finite RoPE base is refused, never divided by") {
+  auto const dir = tinylora::test::scratch_dir("gguf_config");
+  // A llama-shaped header: every key config_from_gguf reads, one tensor (the embedding).
+  auto const file = [&](std::uint32_t heads, float rope_base) {
+    GgufBytes g;
+    g.header(1, 7).kv_str("general.architecture", "llama").kv_u32("llama.block_count", 1).kv_u32("llama.embedding_length", 8);
+    g.kv_u32("llama.attention.head_count", heads).kv_u32("llama.feed_forward_length", 16);
+    g.str("llama.attention.layer_norm_rms_epsilon").u32(6).f32(1e-5f);
+    g.str("llama.rope.freq_base").u32(6).f32(rope_base);
+    g.tensor("token_embd.weight", {8, 4}, kF32, 0).pad().zeros(8 * 4 * 4);
+    return GgufFile::open(write_file(dir / "config.gguf", g.b));
+  };
+  CHECK(tinylora::model::config_from_gguf(file(2, 10000.0f)).head_dim == 4);  // the builder makes a valid config
+  CHECK_THROWS_WITH_AS(tinylora::model::config_from_gguf(file(0, 10000.0f)), doctest::Contains("non-positive width or head count"),
+                       tinylora::Error);
+  CHECK_THROWS_WITH_AS(tinylora::model::config_from_gguf(file(2, std::numeric_limits<float>::infinity())),
+                       doctest::Contains("RMSNorm epsilon or RoPE base"), tinylora::Error);
+  CHECK_THROWS_WITH_AS(tinylora::model::config_from_gguf(file(2, std::nanf(""))), doctest::Contains("RMSNorm epsilon or RoPE base"),
+                       tinylora::Error);
 }
 
 TEST_CASE("gguf: wrong magic, empty file, unsupported versions") {

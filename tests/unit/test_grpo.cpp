@@ -506,3 +506,46 @@ TEST_CASE("select_on_validation: the best validation score, ties broken by the t
   CHECK_THROWS_WITH_AS(select_on_validation(std::vector<double>{0.2}, std::vector<double>{}), doctest::Contains("1 validation scores and 0"),
                        Error);
 }
+
+TEST_CASE("measure_kl: the k3 KL to the base model is logged without changing the update; it equals the KL-penalty path's") {
+  auto const seed = test::seed(51);
+  auto run = [&](bool measure, float kl_coef) {
+    Fixture f(seed);  // theta != 0: the policy differs from the base model
+    auto o = f.options(seed);
+    o.measure_kl = measure;
+    o.kl_coef = kl_coef;
+    o.n_minibatches = 1;  // one update, its KL taken before it: at the rollout policy in every run
+    Trainer trainer(f.policy, f.tok, prompts(), {}, o, optim::AdamW{});
+    auto const m = trainer.step(0);
+    return std::pair{std::map<std::string, double>(m.begin(), m.end()), trainer.theta()};
+  };
+  auto const [plain, theta_plain] = run(false, 0.0f);
+  auto const [measured, theta_measured] = run(true, 0.0f);
+  auto const [penalized, theta_penalized] = run(false, 0.05f);
+  (void)theta_penalized;
+  MESSAGE("kl: not measured " << plain.at("kl") << ", measured " << measured.at("kl") << ", with the penalty " << penalized.at("kl"));
+  CHECK(plain.at("kl") == 0.0);
+  CHECK(measured.at("kl") > 1e-6);
+  CHECK(measured.at("kl") == doctest::Approx(penalized.at("kl")).epsilon(1e-9));
+  CHECK(theta_measured == theta_plain);  // the update is the one without measurement, bit for bit
+  // The penalty enters the loss (Adam's first step, lr sign(g), may hide it in theta; the loss shows it).
+  CHECK(penalized.at("policy_loss") != plain.at("policy_loss"));
+  for (auto const& [name, value] : plain)
+    if (name != "kl") {
+      INFO(name);
+      CHECK(measured.at(name) == value);
+    }
+  // The same number by hand: the mean k3 of the rollouts' tokens, at the rollout log-probs.
+  Fixture f(seed);
+  auto o = f.options(seed);
+  o.measure_kl = true;
+  Trainer trainer(f.policy, f.tok, prompts(), {}, o, optim::AdamW{});
+  Trainer::RolloutStats st;
+  auto const rollouts = trainer.rollouts(0, st);
+  double sum = 0, n = 0;
+  for (auto const& r : rollouts) {
+    REQUIRE(r.ref_logp.size() == r.old_logp.size());
+    for (std::size_t j = 0; j < r.old_logp.size(); ++j, ++n) sum += train::k3_token(r.old_logp[j], r.ref_logp[j]).loss;
+  }
+  CHECK(sum / n == doctest::Approx(measured.at("kl")).epsilon(1e-3));
+}

@@ -3,6 +3,7 @@
 // model code can trust them.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -47,7 +48,7 @@ struct ModelConfig {
     need(n_heads % n_kv_heads == 0, "head count is not a multiple of the key/value head count");
     need(head_dim % 2 == 0, "head dimension must be even for RoPE");
     need(intermediate > 0 && vocab > 0, "non-positive feed-forward width or vocabulary");
-    need(rms_eps > 0 && rope_theta > 0, "non-positive RMSNorm epsilon or RoPE base");
+    need(std::isfinite(rms_eps) && std::isfinite(rope_theta) && rms_eps > 0 && rope_theta > 0, "non-positive or non-finite RMSNorm epsilon or RoPE base");
   }
 };
 
@@ -63,7 +64,7 @@ inline ModelConfig config_from_gguf(io::GgufFile const& f) {
   c.hidden = f.get<Index>(a + "embedding_length");
   c.n_heads = f.get<int>(a + "attention.head_count");
   c.n_kv_heads = f.get_or<int>(a + "attention.head_count_kv", c.n_heads);
-  c.head_dim = f.get_or<Index>(a + "attention.key_length", c.hidden / c.n_heads);
+  c.head_dim = f.get_or<Index>(a + "attention.key_length", c.n_heads > 0 ? c.hidden / c.n_heads : 0);  // validate() refuses 0 heads
   c.intermediate = f.get<Index>(a + "feed_forward_length");
   c.rms_eps = f.get<float>(a + "attention.layer_norm_rms_epsilon");
   c.rope_theta = f.get_or<float>(a + "rope.freq_base", 10000.0f);

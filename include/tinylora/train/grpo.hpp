@@ -157,6 +157,7 @@ struct GrpoOptions {
   float clip_low = 0.2f, clip_high = 0.4f;  // ratio clip range [1 - low, 1 + high]
   float dual_clip = 3.0f;                   // c of the dual clip for A < 0 (0: off)
   float kl_coef = 0.0f;                     // beta; > 0 computes the base model's log-probs (adapter disabled)
+  bool measure_kl = false;                  // log the k3 KL to the base model (costs its forward) without adding it to the loss
   // optimization
   float lr = 1e-5f;
   double warmup_fraction = 0.05;
@@ -265,7 +266,7 @@ struct Rollout {
   std::vector<std::int32_t> tokens;     // (prompt + response)
   std::vector<std::uint8_t> response;   // (prompt + response) 1 on response tokens
   std::vector<float> old_logp;          // (response) log pi_old
-  std::vector<float> ref_logp;          // (response) log pi_ref, when kl_coef > 0
+  std::vector<float> ref_logp;          // (response) log pi_ref, when kl_coef > 0 or measure_kl (else empty)
   float advantage = 0;
 };
 
@@ -328,7 +329,7 @@ class GrpoTrainer {
   };
 
   /// Steps 1-2 of step s: rollouts at the current theta, rewards, advantages (and the base model's
-  /// log-probs when kl_coef > 0). Without dynamic sampling every group of the step's prompts is kept
+  /// log-probs when kl_coef > 0 or measure_kl). Without dynamic sampling every group of the step's prompts is kept
   /// (a group whose rewards are all equal has A = 0); with it, such groups are skipped and round
   /// k = 1, 2, ... draws prompts_per_step further prompts (a permutation keyed by (seed, step, k))
   /// until prompts_per_step groups carry a signal or max_sampling_rounds rounds were drawn; surplus
@@ -406,7 +407,7 @@ class GrpoTrainer {
         }
       }
     }
-    if (o_.kl_coef > 0) {
+    if (o_.kl_coef > 0 || o_.measure_kl) {
       auto const t0 = clock::now();
       reference_logprobs(out);
       st.seconds_reference = std::chrono::duration<double>(clock::now() - t0).count();
@@ -615,11 +616,13 @@ class GrpoTrainer {
         u.loss += w * pg.loss;
         u.clipped += pg.clipped ? 1 : 0;
         if (on_policy) u.first_ratio_dev = std::max(u.first_ratio_dev, std::abs(std::exp(double{logp[t]} - r.old_logp[j]) - 1.0));
-        if (o_.kl_coef > 0) {
+        if (!r.ref_logp.empty()) {
           TokenLoss const k = k3_token(logp[t], r.ref_logp[j]);
-          u.loss += w * o_.kl_coef * k.loss;
-          u.kl_sum += k.loss;
-          dl += o_.kl_coef * k.dloss;
+          u.kl_sum += k.loss;  // measured whenever the base model's log-probs are there
+          if (o_.kl_coef > 0) {
+            u.loss += w * o_.kl_coef * k.loss;
+            dl += o_.kl_coef * k.dloss;
+          }
         }
         d[t] = static_cast<float>(w * dl);
       }

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -61,6 +62,12 @@ class TrainLog {
 
   void record_timing(Index step, Metrics const& seconds) {
     for (auto const& [name, value] : seconds) series("timing/" + name, "").store(static_cast<std::size_t>(step), value);
+  }
+
+  /// A measurement taken after some steps only (LoopOptions::probe): `<prefix>validation/<name>`
+  /// (steps), NaN at the steps not measured.
+  void record_probe(Index step, Metrics const& values) {
+    for (auto const& [name, value] : values) series(name, "validation/").store(static_cast<std::size_t>(step), value);
   }
 
  private:
@@ -134,6 +141,11 @@ struct LoopOptions {
   std::string run_identity;              // stored in every checkpoint; a mismatch refuses to resume
   Index die_at_step = -1;                // testing: SIGKILL ourselves after step s is logged, before its checkpoint
   bool progress = true;
+  // Every probe_every steps (and after the last), probe(s) measures the model as it stands after
+  // step s (e.g. greedy pass@1 on a validation slice); the log keeps it under validation/. It runs
+  // before the step's checkpoint, so a resumed run measures what an uninterrupted one would.
+  Index probe_every = 0;  // 0: no probe
+  std::function<Metrics(Index)> probe{};
 };
 
 /// Runs the steps not yet covered by the newest checkpoint; returns the first step run this time.
@@ -169,6 +181,16 @@ Index run_steps(T& trainer, TrainLog& log, LoopOptions const& o) {
       for (auto const& [name, value] : m) std::printf(" %s=%.5g", name.c_str(), value);
       std::printf(" (%.1f s)\n", seconds);
       std::fflush(stdout);
+    }
+    if (o.probe && o.probe_every > 0 && ((s + 1) % o.probe_every == 0 || s + 1 == total)) {
+      Metrics const p = o.probe(s);
+      log.record_probe(s, p);
+      if (o.progress) {
+        std::printf("[validation after step %td]", s + 1);
+        for (auto const& [name, value] : p) std::printf(" %s=%.5g", name.c_str(), value);
+        std::printf("\n");
+        std::fflush(stdout);
+      }
     }
     if (s == o.die_at_step) std::raise(SIGKILL);
     if (store && ((s + 1) % o.checkpoint_every == 0 || s + 1 == total)) {
