@@ -80,7 +80,8 @@ int sweep(int argc, char** argv) {
                                            .keep_last = static_cast<std::size_t>(run.keep_last),
                                            .run_identity = identity + " cell=" + std::to_string(c),
                                            .die_at_step = c == 0 ? run.die_at_step : -1},
-                                          net, tok, val_set, run));
+                                          file, cell + "eval/validation", trainer.total_steps(), net, tok, val_set, run));
+    // With --val-every the probe after the last step has measured this already: read back, not redone.
     double const acc = cli::evaluate_once(file, cell + "eval/validation", net, tok, val_set, run);
     auto const th = trainer.theta();
     for (std::size_t k = 0; k < th.size(); ++k) theta.store(c * th.size() + k, th[k]);

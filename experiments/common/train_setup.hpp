@@ -164,19 +164,6 @@ inline train::EvalOptions eval_options(text::Tokenizer const& tok, TrainRunOptio
   return e;
 }
 
-/// The loop's probe for --val-every: greedy pass@1 (and mean length) of `m` as it stands on `val`.
-template <class Model>
-train::LoopOptions with_validation(train::LoopOptions loop, Model const& m, text::Tokenizer const& tok, std::vector<data::QaExample> const& val,
-                                   TrainRunOptions const& o) {
-  if (o.val_every <= 0) return loop;
-  loop.probe_every = o.val_every;
-  loop.probe = [&m, &tok, &val, e = eval_options(tok, o)](Index) {
-    auto const r = train::evaluate(m, tok, val, e);
-    return train::Metrics{{"pass_at_1", r.accuracy()}, {"mean_tokens", r.mean_tokens}};
-  };
-  return loop;
-}
-
 /// Greedy pass@1 on the held-out examples, stored under `group`; done once: a resumed run reads it back.
 template <class Model>
 double evaluate_once(io::ResultFile& file, std::string const& group, Model const& m, text::Tokenizer const& tok,
@@ -193,6 +180,25 @@ double evaluate_once(io::ResultFile& file, std::string const& group, Model const
               r.seconds);
   std::fflush(stdout);
   return r.accuracy();
+}
+
+/// The loop's probe for --val-every: greedy pass@1 (and mean length) of `m` as it stands on `val`.
+/// After the last of `total` steps it evaluates through evaluate_once into `final_group`, so the
+/// run's final validation (which a sweep selects on) is measured once and kept example by example.
+template <class Model>
+train::LoopOptions with_validation(train::LoopOptions loop, io::ResultFile& file, std::string final_group, Index total, Model const& m,
+                                   text::Tokenizer const& tok, std::vector<data::QaExample> const& val, TrainRunOptions const& o) {
+  if (o.val_every <= 0) return loop;
+  loop.probe_every = o.val_every;
+  loop.probe = [&file, group = std::move(final_group), total, &m, &tok, &val, &o](Index s) {
+    if (s + 1 == total) {
+      double const acc = evaluate_once(file, group, m, tok, val, o);
+      return train::Metrics{{"pass_at_1", acc}, {"mean_tokens", file.get_attr<double>(group, "mean_tokens")}};
+    }
+    auto const r = train::evaluate(m, tok, val, eval_options(tok, o));
+    return train::Metrics{{"pass_at_1", r.accuracy()}, {"mean_tokens", r.mean_tokens}};
+  };
+  return loop;
 }
 
 /// What makes two held-out evaluations of the untrained model the same one: model, examples, options.
@@ -252,7 +258,7 @@ int baseline_train_evaluate(io::ResultFile& file, Net const& net, Policy& policy
                                     .keep_last = static_cast<std::size_t>(run.keep_last),
                                     .run_identity = identity,
                                     .die_at_step = run.die_at_step},
-                                   net, tok, val_set, run));
+                                   file, "eval/validation", trainer.total_steps(), net, tok, val_set, run));
   if (!file.has("theta_final")) file.write("theta_final", trainer.theta());
   double const trained = evaluate_once(file, "eval/trained", net, tok, eval_set, run);
   std::printf("held-out accuracy: baseline %.4f -> trained %.4f (%+.4f) with b = %td, lr %g\nwrote %s\n", baseline, trained,
